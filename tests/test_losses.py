@@ -1,0 +1,61 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gankit.losses import GAN_LOSSES, d_loss_bce, g_loss_minimax, g_loss_non_saturating
+
+
+def sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_equilibrium_values():
+    zeros = torch.zeros(8)  # D(x) = 1/2 everywhere
+    assert d_loss_bce(zeros, zeros).item() == pytest.approx(2 * math.log(2))
+    assert g_loss_non_saturating(zeros).item() == pytest.approx(math.log(2))
+    assert g_loss_minimax(zeros).item() == pytest.approx(-math.log(2))
+
+
+def test_hand_computed_values():
+    real, fake = torch.tensor([2.0, -0.5]), torch.tensor([-1.0, 3.0])
+    expected_d = (-math.log(sig(2.0)) - math.log(sig(-0.5))) / 2 + (
+        -math.log(1 - sig(-1.0)) - math.log(1 - sig(3.0))
+    ) / 2
+    assert d_loss_bce(real, fake).item() == pytest.approx(expected_d, rel=1e-6)
+    expected_ns = (-math.log(sig(-1.0)) - math.log(sig(3.0))) / 2
+    assert g_loss_non_saturating(fake).item() == pytest.approx(expected_ns, rel=1e-6)
+    expected_mm = (math.log(1 - sig(-1.0)) + math.log(1 - sig(3.0))) / 2
+    assert g_loss_minimax(fake).item() == pytest.approx(expected_mm, rel=1e-6)
+
+
+def test_one_sided_label_smoothing_matches_bce_with_soft_targets():
+    real, fake = torch.randn(16), torch.randn(16)
+    t = 0.9
+    expected = F.binary_cross_entropy(
+        torch.sigmoid(real), torch.full((16,), t)
+    ) + F.binary_cross_entropy(torch.sigmoid(fake), torch.zeros(16))
+    torch.testing.assert_close(d_loss_bce(real, fake, real_target=t), expected)
+
+
+@pytest.mark.parametrize("name", list(GAN_LOSSES))
+def test_losses_are_finite_and_have_gradients_for_extreme_logits(name):
+    loss = GAN_LOSSES[name]
+    logits = torch.tensor([-200.0, -30.0, 0.0, 30.0, 200.0], requires_grad=True)
+    for value in (loss.d(logits, logits.flip(0)), loss.g(logits)):
+        value.backward()
+        assert torch.isfinite(value)
+        assert torch.isfinite(logits.grad).all()
+        logits.grad = None
+
+
+def test_minimax_saturates_where_non_saturating_does_not():
+    # When D confidently rejects fakes (logit -10), log(1 - D(G(z))) has a vanishing
+    # gradient while -log D(G(z)) keeps a strong one: why the non-saturating loss exists.
+    x = torch.tensor([-10.0], requires_grad=True)
+    g_loss_minimax(x).backward()
+    g_mm = x.grad.abs().item()
+    x.grad = None
+    g_loss_non_saturating(x).backward()
+    assert g_mm < 1e-3 < x.grad.abs().item()

@@ -1,0 +1,111 @@
+import math
+import signal
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import quiet
+from gankit import checkpoint as ckpt
+from gankit.models import mlp
+from gankit.train import last_checkpoint, train
+
+
+def scalars(run_dir):
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}, acc.Tags()[
+        "images"
+    ]
+
+
+def weights(run_dir):
+    tensors, _ = ckpt.read(last_checkpoint(run_dir))
+    return tensors
+
+
+def test_short_run_on_real_digits_moves_the_game(tiny_cfg, tmp_path):
+    s = train(tiny_cfg(steps=200, log_every=20), tmp_path / "run", progress=False, log=quiet)
+    assert s.step == 200 and s.epochs == pytest.approx(200 * 32 / 4000, abs=0.01)
+    logs, images = scalars(tmp_path / "run")
+    assert {"loss/D", "loss/G", "D(x)", "D(G(z))", "perf/images_per_s"} <= set(logs)
+    assert {"samples/fixed_noise", "data/real"} <= set(images)
+    for tag in ("loss/D", "loss/G", "D(x)", "D(G(z))"):
+        assert all(math.isfinite(v) for v in logs[tag]) and len(logs[tag]) == 10
+    d_fake = logs["D(G(z))"]
+    assert max(d_fake) - min(d_fake) > 0.05  # the players actually play
+    assert (tmp_path / "run" / "samples" / "step-00000200.png").is_file()
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_d_loss_falls_when_d_trains_alone(tiny_cfg, tmp_path):
+    # d_warmup >= steps: G stays fixed and D learns to separate real from fake.
+    train(
+        tiny_cfg(steps=100, d_warmup=100, log_every=20), tmp_path / "run", progress=False, log=quiet
+    )
+    logs, _ = scalars(tmp_path / "run")
+    assert logs["loss/D"][-1] < 0.5 * logs["loss/D"][0]
+    assert "loss/G" not in logs
+    assert logs["D(x)"][-1] > 0.8 and logs["D(G(z))"][-1] < 0.2
+
+
+def test_warmup_leaves_g_untouched(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(steps=20, d_warmup=20)
+    train(cfg, tmp_path / "run", progress=False, log=quiet)
+    torch.manual_seed(cfg.train.seed)
+    fresh = mlp.build(cfg.model, (1, 28, 28))
+    saved = weights(tmp_path / "run")
+    for k, v in fresh["G"].state_dict().items():
+        if "running" not in k and "num_batches" not in k:
+            assert torch.equal(saved[f"G.{k}"], v), k
+    assert not torch.equal(saved["D.net.0.0.weight"], fresh["D"].state_dict()["net.0.0.weight"])
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_cfg, tmp_path):
+    train(tiny_cfg(steps=50), tmp_path / "full", progress=False, log=quiet)
+    train(tiny_cfg(steps=30), tmp_path / "part", progress=False, log=quiet)
+    train(tiny_cfg(steps=50), tmp_path / "part", resume=True, progress=False, log=quiet)
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "part")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_ctrl_c_saves_at_a_step_boundary_and_resumes_exactly(tiny_cfg, tmp_path, monkeypatch):
+    train(tiny_cfg(steps=40, d_steps=2), tmp_path / "full", progress=False, log=quiet)
+
+    calls = {"n": 0}
+    real_step = mlp.step
+
+    def interrupted_step(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 13:
+            signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C mid-run
+        return out
+
+    monkeypatch.setattr(mlp, "step", interrupted_step)
+    s = train(tiny_cfg(steps=40, d_steps=2), tmp_path / "part", progress=False, log=quiet)
+    assert s.step == 13 and ckpt.read_meta(last_checkpoint(tmp_path / "part"))["step"] == 13
+    monkeypatch.setattr(mlp, "step", real_step)
+    train(tiny_cfg(steps=40, d_steps=2), tmp_path / "part", resume=True, progress=False, log=quiet)
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "part")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_numbered_checkpoints_are_pruned_to_keep(tiny_cfg, tmp_path):
+    train(tiny_cfg(steps=100, ckpt_every=20, keep=2), tmp_path / "run", progress=False, log=quiet)
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["last.safetensors", "step-00000080.safetensors", "step-00000100.safetensors"]
+
+
+@pytest.mark.parametrize("loss", ["non-saturating", "minimax"])
+def test_both_g_objectives_train(tiny_cfg, tmp_path, loss):
+    s = train(
+        tiny_cfg(steps=30, loss=loss, label_smoothing=0.1),
+        tmp_path / "run",
+        progress=False,
+        log=quiet,
+    )
+    assert all(math.isfinite(v) for v in s.scalars.values())
