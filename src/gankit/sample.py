@@ -22,7 +22,7 @@ from gankit.models import MODELS
 
 
 def find_checkpoint(run: str | Path, which: str | None = None) -> Path:
-    """A checkpoint path from a run folder and `which`: None/"last", a step number, or a file path."""
+    """A checkpoint path from a run folder and `which`: None/"last", "best", a step number, or a file path."""
     run = Path(run)
     if which and Path(which).is_file():
         return Path(which)
@@ -31,8 +31,8 @@ def find_checkpoint(run: str | Path, which: str | None = None) -> Path:
     if not run.is_dir():
         raise GankitError(f"run folder {run} does not exist")
     folder = run / "checkpoints"
-    if which in (None, "last"):
-        path = folder / "last.safetensors"
+    if which in (None, "last", "best"):
+        path = folder / f"{which or 'last'}.safetensors"
     elif which.isdigit():
         path = folder / f"step-{int(which):08d}.safetensors"
     else:

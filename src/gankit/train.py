@@ -26,9 +26,10 @@ from torchvision.utils import save_image
 
 from gankit import checkpoint as ckpt
 from gankit.config import Config, save_config
-from gankit.data import BatchSampler, make_dataset
+from gankit.data import BatchSampler, make_dataset, to_uint8, to_unit_range
 from gankit.device import resolve_device
 from gankit.errors import GankitError
+from gankit.evaluate import Evaluator, append_jsonl, lower_is_better, timestamp
 from gankit.models import MODELS
 
 
@@ -83,7 +84,19 @@ def train(
 
     data = make_dataset(cfg.data.dataset, cfg.data.root, cfg.data.img_size, cfg.data.channels)
     log(f"data: {data.source}; {len(data)} images of shape {data.img_shape}")
+    if data.images.ndim != 4:
+        raise GankitError(
+            f"dataset {cfg.data.dataset!r} holds 2D points, not images: the image families cannot train on "
+            f"it; score (N, 2) samples with gankit eval --samples FILE.npy --data {cfg.data.dataset}"
+        )
     images = data.images.to(device)
+    evaluator = best_key = None
+    if (
+        t.eval_every
+    ):  # before seeding: a first-time classifier training must not shift the run's RNG
+        d = cfg.data
+        evaluator = Evaluator(d.dataset, d.root, d.img_size, d.channels, device=device, log=log)
+        best_key = evaluator.resolve_key(t.best_metric)
 
     # Seed everything a run touches, then build: weights come from the global torch RNG.
     torch.manual_seed(t.seed)
@@ -100,9 +113,11 @@ def train(
         cfg.model, t.n_fixed, torch.Generator(device).manual_seed(t.seed + 2), device
     )
 
-    start = 0
+    start, best = 0, None  # best: {"metric", "value", "step"} of checkpoints/best
     if resume:
-        start, fixed_z = _restore(last_checkpoint(run_dir), nets, opts, sampler, noise_gen, device)
+        start, fixed_z, best = _restore(
+            last_checkpoint(run_dir), nets, opts, sampler, noise_gen, device
+        )
         log(f"resumed {run_dir} at step {start}")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -127,7 +142,8 @@ def train(
         return images[sampler.next().to(device)]
 
     def meta(step: int) -> tuple[dict, dict]:
-        return _state(cfg, data, step, sampler, noise_gen, fixed_z)
+        m, extra = _state(cfg, data, step, sampler, noise_gen, fixed_z)
+        return m | {"best": best}, extra
 
     for net in nets.values():
         net.train()
@@ -163,6 +179,32 @@ def train(
                 grid = samples_dir / f"step-{step:08d}.png"
                 save_image(fakes, grid, nrow=_nrow(fakes.shape[0]))
                 writer.add_images("samples/fixed_noise", fakes, step)
+            if evaluator and (step % t.eval_every == 0 or step == t.steps):
+                results = _evaluate(family, cfg, nets, evaluator, device)
+                for k, v in results.items():
+                    writer.add_scalar(f"metrics/{k}", v, step)
+                append_jsonl(
+                    run_dir / "metrics.jsonl",
+                    {
+                        "time": timestamp(),
+                        "source": "train",
+                        "step": step,
+                        "n": t.eval_n,
+                        **evaluator.info,
+                        "metrics": results,
+                    },
+                )
+                value = results[best_key]
+                if best is None or (
+                    value < best["value"] if lower_is_better(best_key) else value > best["value"]
+                ):
+                    best = {"metric": best_key, "value": value, "step": step}
+                    ckpt.save_checkpoint(
+                        run_dir / "checkpoints" / "best.safetensors", nets, opts, *meta(step)
+                    )
+                bar.write(
+                    f"step {step}: {best_key} {value:.4g} (best {best['value']:.4g} at step {best['step']})"
+                )
             if step % t.ckpt_every == 0 or step == t.steps:
                 _save(run_dir, nets, opts, *meta(step), step, t.keep)
         if stop.requested:
@@ -181,6 +223,16 @@ def train(
         scalars,
         grid,
     )
+
+
+def _evaluate(family, cfg: Config, nets, evaluator, device) -> dict[str, float]:
+    """Metrics of eval_n fresh samples. Always the same latents (seeded from the run's seed),
+    G in eval mode, and no draw from the training RNGs, so evaluating never changes training."""
+    t = cfg.train
+    z = family.noise(cfg.model, t.eval_n, torch.Generator().manual_seed(t.seed + 3), "cpu")
+    fakes = torch.cat([fixed_noise_images(family, nets, zb.to(device)) for zb in z.split(500)])
+    fakes = to_unit_range(to_uint8(fakes * 2 - 1))  # quantised like saved samples and real images
+    return evaluator.score(fakes, seed=t.seed)
 
 
 def _optimizers(nets, cfg: Config) -> dict:
@@ -279,4 +331,4 @@ def _restore(
     )
     version, internal, gauss = meta["rng"]["python"]
     random.setstate((version, tuple(internal), gauss))
-    return int(meta["step"]), extra["fixed_z"].to(device)
+    return int(meta["step"]), extra["fixed_z"].to(device), meta.get("best")

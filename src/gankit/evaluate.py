@@ -1,0 +1,188 @@
+"""Evaluate a run, or a file of samples, against the real data it imitates.
+
+Images are scored in the feature space of a classifier gankit trains itself on
+the dataset's labelled training split (cached; see gankit.metrics.features),
+against the held-out split. Stacked MNIST samples are scored by their modes, and
+2D points (ring, grid) by the mixture metrics. Nothing here downloads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gankit import metrics
+from gankit.data import make_dataset, to_unit_range
+from gankit.errors import GankitError
+from gankit.toy import MIXTURES
+
+HIGHER_IS_BETTER = {
+    "precision",
+    "recall",
+    "coverage",
+    "confidence",
+    "stacked_modes",
+    "modes",
+    "high_quality",
+    "is_inception",
+}
+
+
+IMAGE_KEYS = [
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "class_kl",
+    "classes_missing",
+    "confidence",
+]
+
+
+def lower_is_better(key: str) -> bool:
+    return key not in HIGHER_IS_BETTER
+
+
+def load_samples(path: str | Path) -> torch.Tensor:
+    """Samples from .npz (key `images`, as `gankit sample --out` writes) or .npy; images -> [-1, 1]."""
+    path = Path(path)
+    if not path.is_file():
+        raise GankitError(f"samples file {path} does not exist")
+    try:
+        if path.suffix == ".npy":
+            x = np.load(path, allow_pickle=False)
+        else:
+            with np.load(path, allow_pickle=False) as f:
+                if "images" not in f:
+                    raise GankitError(
+                        f"{path} has no 'images' array (it has: {', '.join(f.files) or 'none'})"
+                    )
+                x = f["images"]
+    except (OSError, ValueError) as e:
+        raise GankitError(f"cannot read samples file {path}: {e}") from None
+    if x.ndim == 2:  # (N, 2) points: no scaling
+        return torch.as_tensor(x, dtype=torch.float32)
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4:
+        raise GankitError(
+            f"{path}: samples must be (N, 2) points or (N, C, H, W) images, got {x.shape}"
+        )
+    return to_unit_range(x)
+
+
+class Evaluator:
+    """Holds the real side of the comparison (classifier, held-out features) for repeated use.
+
+    Built once per dataset; `score(fake)` then costs one pass of the classifier
+    over the fakes, which is what a training loop evaluating every N steps needs.
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        root: str | Path = "data",
+        img_size: int = 0,
+        channels: int = 0,
+        device="cpu",
+        log=print,
+    ):
+        self.dataset = dataset
+        if dataset in MIXTURES:
+            self.target, self.classifier, self.real, self.real_images = (
+                MIXTURES[dataset](),
+                None,
+                None,
+                None,
+            )
+            return
+        self.target = None
+        base = "mnist" if dataset == "stacked-mnist" else dataset
+        kw = dict(root=root, img_size=img_size, channels=0 if base == "mnist" else channels)
+        train, test = (
+            make_dataset(base, split="train", **kw),
+            make_dataset(base, split="test", **kw),
+        )
+        self.classifier = metrics.classifier_for(train, test, device=device, log=log)
+        self.real_images = test.images  # (N, C, H, W) in [-1, 1], the held-out split
+        self.real = (
+            None if dataset == "stacked-mnist" else metrics.extract(test.images, self.classifier)
+        )
+        self.real_shape = test.img_shape
+
+    @property
+    def keys(self) -> list[str]:
+        """The metric keys `score` returns."""
+        if self.target is not None:
+            return ["modes", "high_quality", "mode_kl"]
+        if self.dataset == "stacked-mnist":
+            return ["stacked_modes", "stacked_kl"]
+        net = self.classifier.name
+        return [f"fd_{net}", f"kid_{net}", f"kid_{net}_std", *IMAGE_KEYS]
+
+    def resolve_key(self, name: str) -> str:
+        """A metric key from a name or prefix: "fd" -> "fd_mnistnet". Unknown names are refused."""
+        keys = self.keys
+        if name in keys:
+            return name
+        matches = [k for k in keys if k.startswith(name + "_") and not k.endswith("_std")]
+        if len(matches) == 1:
+            return matches[0]
+        raise GankitError(
+            f"unknown best_metric {name!r} for {self.dataset}: choose one of {', '.join(keys)}"
+        )
+
+    @property
+    def info(self) -> dict:
+        if self.classifier is None:
+            return {"dataset": self.dataset}
+        return {
+            "dataset": self.dataset,
+            "classifier": self.classifier.name,
+            "classifier_accuracy": self.classifier.accuracy,
+        }
+
+    def score(self, fake: torch.Tensor, seed: int = 0) -> dict[str, float]:
+        """Metrics of fake samples: images (N, C, H, W) in [-1, 1], or (N, 2) points for 2D targets."""
+        if self.target is not None:
+            if fake.ndim != 2 or fake.shape[1] != 2:
+                raise GankitError(
+                    f"{self.dataset} samples must be (N, 2) points, got {tuple(fake.shape)}"
+                )
+            return metrics.mixture_metrics(fake, self.target)
+        if fake.ndim != 4:
+            raise GankitError(
+                f"{self.dataset} samples must be images (N, C, H, W), got {tuple(fake.shape)}"
+            )
+        if self.dataset == "stacked-mnist":
+            if fake.shape[1] != 3:
+                raise GankitError(
+                    f"stacked-mnist samples must have 3 channels, got {fake.shape[1]}"
+                )
+            return metrics.stacked_mnist_modes(fake, self.classifier)
+        if tuple(fake.shape[1:]) != tuple(self.real_shape):
+            raise GankitError(
+                f"samples are {tuple(fake.shape[1:])} but {self.dataset} images are {tuple(self.real_shape)}"
+            )
+        return metrics.evaluate_images(fake, self.real, self.classifier, seed=seed)
+
+
+def format_table(results: dict[str, float]) -> str:
+    lines = []
+    for key, value in results.items():
+        text = f"{value:.0f}" if float(value).is_integer() and abs(value) < 1e6 else f"{value:.4g}"
+        lines.append(f"{key:<22} {text:>10}  {metrics.describe(key)}")
+    return "\n".join(lines)
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def timestamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
