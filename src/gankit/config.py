@@ -43,7 +43,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 14000  # generator updates; each consumes d_steps real batches
+    steps: int = 12000  # generator updates; each consumes d_steps real batches
     batch_size: int = 64  # images per batch
     loss: str = "non-saturating"  # see gankit.losses.GAN_LOSSES
     lr_g: float = 2e-4  # Adam learning rate of G
