@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from gankit.config import Config, from_dict, load_config, save_config
@@ -62,3 +64,16 @@ def test_bad_yaml_files_are_refused(tmp_path):
         load_config(tmp_path / "section.yaml")
     with pytest.raises(GankitError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_preset_is_a_valid_config(path):
+    cfg = load_config(path)
+    assert from_dict(cfg.to_dict()) == cfg
+
+
+def test_default_preset_is_the_default_config():
+    preset = load_config(Path(__file__).parents[1] / "configs" / "mlp-mnist.yaml")
+    assert preset == Config()  # `make train` and a bare `gankit train` train the same model

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,9 +92,8 @@ def train(
         )
     images = data.images.to(device)
     evaluator = best_key = None
-    if (
-        t.eval_every
-    ):  # before seeding: a first-time classifier training must not shift the run's RNG
+    if t.eval_every:
+        # Before seeding, so that training a classifier the first time never shifts the run's RNG.
         d = cfg.data
         evaluator = Evaluator(d.dataset, d.root, d.img_size, d.channels, device=device, log=log)
         best_key = evaluator.resolve_key(t.best_metric)
@@ -149,7 +149,15 @@ def train(
         net.train()
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=t.steps, initial=start, unit="step", disable=not progress, dynamic_ncols=True)
+    interval = 0.1 if sys.stderr.isatty() else 5.0  # a log file gets a line every few seconds
+    bar = tqdm(
+        total=t.steps,
+        initial=start,
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+        mininterval=interval,
+    )
     window: dict[str, torch.Tensor] = {}
     window_n, window_t = 0, time.perf_counter()
     t0, scalars, grid, step = time.perf_counter(), {}, None, start

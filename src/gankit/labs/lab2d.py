@@ -1,0 +1,226 @@
+"""`gankit lab 2d`: mode collapse on the ring and grid mixtures, watched and scored.
+
+Every `every` steps the lab draws G's samples over the data with D's output as a
+heatmap behind them, and scores 2,500 samples with `gankit.metrics.mixture_metrics`
+(modes captured, % high quality, reverse KL). A run folder holds:
+
+    config.yaml                   the resolved Lab2DConfig
+    events.out.tfevents.*         TensorBoard: loss/D, loss/G, metrics/modes, ...
+    metrics.jsonl                 one line per evaluation
+    frames/step-NNNNNNNN.png      the snapshots; training.gif animates them
+    samples.npy                   the final 2,500 samples, float32 (2500, 2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gankit.errors import GankitError
+from gankit.labs.players import Discriminator, Generator
+from gankit.labs.remedies import BEST, REMEDIES, game_step
+from gankit.metrics.mixture import DEFAULT_SAMPLES, mixture_metrics
+from gankit.toy import MIXTURES
+
+
+@dataclass
+class Lab2DConfig:
+    mixture: str = "grid"  # ring | grid (gankit.toy.MIXTURES)
+    remedy: str = BEST  # a key of REMEDIES; its settings sit between these defaults and options
+    steps: int = 10_000  # G updates
+    every: int = 500  # render and score every N steps
+    seed: int = 0
+    batch_size: int = 256  # samples per batch (D sees batch_size / pack inputs)
+    nz: int = 16  # size of z ~ N(0, I)
+    g_width: int = 256
+    g_depth: int = 3  # hidden layers
+    d_width: int = 256
+    d_depth: int = 3
+    lr_g: float = 2e-4  # Adam
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    decay: float = 0.3  # LR falls linearly to 0 over this final fraction of steps; 0 = constant
+    loss: str = "gan"  # gan | wgan-gp
+    n_critic: int = 1  # D updates per G update
+    gp_weight: float = 10.0  # WGAN-GP's lambda
+    pack: int = 1  # samples per D input; 1 = no packing (PacGAN's m)
+    unroll: int = 0  # differentiable D updates G looks ahead through; 0 = none
+
+    def validate(self) -> None:
+        if self.mixture not in MIXTURES:
+            raise GankitError(f"unknown mixture {self.mixture!r}: {' | '.join(MIXTURES)}")
+        if self.remedy not in REMEDIES:
+            raise GankitError(f"unknown remedy {self.remedy!r}: {' | '.join(REMEDIES)}")
+        if self.loss not in ("gan", "wgan-gp"):
+            raise GankitError(f"unknown loss {self.loss!r}: gan | wgan-gp")
+        for name in ("steps", "every", "batch_size", "nz", "g_width", "g_depth", "d_width"):
+            if getattr(self, name) < 1:
+                raise GankitError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.pack < 1 or self.unroll < 0 or self.n_critic < 1:
+            raise GankitError("--pack and --n-critic must be >= 1, --unroll >= 0")
+        if self.batch_size % self.pack:
+            raise GankitError(
+                f"--batch-size {self.batch_size} is not a multiple of --pack {self.pack}"
+            )
+        if not 0 <= self.decay <= 1:
+            raise GankitError("--decay must be in [0, 1]")
+
+
+def resolve(remedy: str | None = None, **options) -> Lab2DConfig:
+    """Defaults, then the remedy's tuned settings, then the options that are not None."""
+    remedy = remedy or BEST
+    if remedy not in REMEDIES:
+        raise GankitError(f"unknown remedy {remedy!r}: {' | '.join(REMEDIES)}")
+    fields = {f.name for f in dataclasses.fields(Lab2DConfig)}
+    unknown = set(options) - fields
+    if unknown:
+        raise GankitError(f"unknown lab 2d option(s): {', '.join(sorted(unknown))}")
+    given = {k: v for k, v in options.items() if v is not None}
+    cfg = Lab2DConfig(**({"remedy": remedy} | REMEDIES[remedy] | given))
+    cfg.validate()
+    return cfg
+
+
+def build(cfg: Lab2DConfig):
+    """(G, D, opt_g, opt_d) for `cfg`, initialised from cfg.seed."""
+    torch.manual_seed(cfg.seed)
+    G = Generator(cfg.nz, 2, cfg.g_width, cfg.g_depth)
+    D = Discriminator(2, cfg.d_width, cfg.d_depth, cfg.pack)
+    betas = (cfg.beta1, cfg.beta2)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=betas)
+    return G, D, opt_g, opt_d
+
+
+def view_box(mixture: str) -> float:
+    """Half-width of the square drawn around the data."""
+    target = MIXTURES[mixture]()
+    return 1.5 * target.modes.abs().max().item()
+
+
+def render(G, D, target, cfg: Lab2DConfig, step: int, metrics: dict, z_fixed, real_fixed):
+    """One snapshot as a PIL image: D's output (heatmap), data (black) and G's samples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    box = view_box(cfg.mixture)
+    axis = torch.linspace(-box, box, 120)
+    xx, yy = torch.meshgrid(axis, axis, indexing="xy")
+    grid = torch.stack([xx.flatten(), yy.flatten()], 1)  # (120 * 120, 2)
+    with torch.no_grad():
+        # A packed D judges m samples at once: show its output for m copies of each point.
+        scores = D(grid.repeat_interleave(cfg.pack, 0))  # (120 * 120,)
+        heat = scores.sigmoid() if cfg.loss == "gan" else scores
+        fake = G(z_fixed)
+    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=80)
+    im = ax.imshow(
+        heat.reshape(120, 120).numpy(),
+        origin="lower",
+        extent=(-box, box, -box, box),
+        cmap="Blues",
+        vmin=0 if cfg.loss == "gan" else None,
+        vmax=1 if cfg.loss == "gan" else None,
+    )
+    fig.colorbar(
+        im, ax=ax, fraction=0.046, pad=0.04, label="D(x)" if cfg.loss == "gan" else "critic"
+    )
+    ax.scatter(real_fixed[:, 0], real_fixed[:, 1], s=2, c="black", label="data")
+    ax.scatter(fake[:, 0], fake[:, 1], s=2, c="tab:orange", alpha=0.6, label="G(z)")
+    ax.set_xlim(-box, box)
+    ax.set_ylim(-box, box)
+    ax.set_title(
+        f"{cfg.remedy}, step {step}: {metrics['modes']:.0f}/{len(target.modes)} modes, "
+        f"{metrics['high_quality']:.0f}% HQ",
+        fontsize=8,
+    )
+    ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    fig.canvas.draw()
+    image = Image.frombuffer(
+        "RGBA", fig.canvas.get_width_height(), fig.canvas.buffer_rgba()
+    ).convert("RGB")
+    plt.close(fig)
+    return image
+
+
+def run_lab2d(cfg: Lab2DConfig, run_dir: Path, log=print) -> dict:
+    """Train and watch; returns the final metrics plus `seconds` (wall time of the whole run)."""
+    import yaml
+    from torch.utils.tensorboard import SummaryWriter
+
+    t0 = time.perf_counter()
+    cfg.validate()
+    torch.set_num_threads(1)  # tiny MLPs: one thread is fastest and leaves the other cores free
+    run_dir = Path(run_dir)
+    (run_dir / "frames").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    writer = SummaryWriter(str(run_dir))
+
+    target = MIXTURES[cfg.mixture]()
+    G, D, opt_g, opt_d = build(cfg)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)  # data and latents, separate from init
+    decay_steps = round(cfg.decay * cfg.steps)
+
+    def lr_factor(step: int) -> float:  # 1, then a linear fall to 0 over the last decay_steps
+        return min(1.0, (cfg.steps - step) / decay_steps) if decay_steps else 1.0
+
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lr_factor) for o in (opt_g, opt_d)]
+    real_fn = lambda n: target.sample(n, gen)  # noqa: E731
+    z_fn = lambda n: torch.randn(n, cfg.nz, generator=gen)  # noqa: E731
+    eval_gen = torch.Generator().manual_seed(10_000 + cfg.seed)  # evaluation draws its own
+    z_eval = torch.randn(DEFAULT_SAMPLES, cfg.nz, generator=eval_gen)
+    real_show = target.sample(1000, eval_gen)
+    frames, metrics, render_s = [], {}, 0.0
+    metrics_log = (run_dir / "metrics.jsonl").open("w")
+    for step in range(1, cfg.steps + 1):
+        scalars = game_step(
+            G,
+            D,
+            opt_g,
+            opt_d,
+            real_fn,
+            z_fn,
+            cfg.batch_size,
+            cfg.loss,
+            cfg.n_critic,
+            cfg.gp_weight,
+            cfg.unroll,
+            gen,
+        )
+        for s in scheds:
+            s.step()
+        if step % cfg.every == 0 or step == cfg.steps:
+            with torch.no_grad():
+                samples = G(z_eval)
+            metrics = mixture_metrics(samples, target)
+            for k, v in scalars.items():
+                writer.add_scalar(k, v, step)
+            for k, v in metrics.items():
+                writer.add_scalar(f"metrics/{k}", v, step)
+            metrics_log.write(json.dumps({"step": step} | metrics) + "\n")
+            t_r = time.perf_counter()
+            frame = render(G, D, target, cfg, step, metrics, z_eval[:1000], real_show)
+            frame.save(run_dir / "frames" / f"step-{step:08d}.png")
+            frames.append(frame)
+            render_s += time.perf_counter() - t_r
+    metrics_log.close()
+    writer.close()
+    with torch.no_grad():
+        samples = G(z_eval)  # (2500, 2)
+    import numpy as np
+
+    np.save(run_dir / "samples.npy", samples.numpy().astype(np.float32))
+    frames[0].save(
+        run_dir / "training.gif", save_all=True, append_images=frames[1:], duration=200, loop=0
+    )
+    seconds = time.perf_counter() - t0
+    return metrics | {"seconds": seconds, "render_seconds": render_s}

@@ -1,0 +1,160 @@
+"""Mode-collapse remedies as one training step of the two-player game.
+
+A remedy is a set of choices on top of the plain GAN (Goodfellow et al., 2014):
+
+    loss    "gan": D minimises -V(D, G) (softplus BCE), G the non-saturating -log D(G(z));
+            "wgan-gp": a critic with the gradient penalty (Gulrajani et al., 2017).
+    pack    D judges `pack` samples concatenated (PacGAN, Lin et al., 2018).
+    unroll  G's loss is taken against D after `unroll` further D updates, differentiated
+            through those updates (Unrolled GAN, Metz et al., 2017).
+
+`REMEDIES` maps each name to its tuned settings (fields of `lab2d.Lab2DConfig`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from gankit.losses import GAN_LOSSES
+
+# Settings on top of Lab2DConfig's defaults; a user's explicit options override them.
+REMEDIES: dict[str, dict] = {
+    "plain": {},
+    "wgan-gp": {
+        "loss": "wgan-gp",
+        "n_critic": 5,
+        "lr_g": 1e-4,
+        "lr_d": 1e-4,
+        "beta1": 0.5,
+        "beta2": 0.9,
+    },
+    "pacgan": {"pack": 4},
+    "unrolled": {"unroll": 5},
+}
+BEST = "pacgan"  # the remedy `gankit lab 2d` uses when none is named
+
+
+# ---- WGAN-GP: pure functions on critic scores ------------------------------------------
+
+
+def wgan_d_loss(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
+    """The critic minimises E[f(fake)] - E[f(real)], i.e. maximises the Wasserstein estimate."""
+    return fake_scores.mean() - real_scores.mean()
+
+
+def wgan_g_loss(fake_scores: Tensor) -> Tensor:
+    return -fake_scores.mean()
+
+
+def gradient_penalty(D: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, eps: Tensor):
+    """E[(||grad_x D(x_hat)|| - 1)^2] at x_hat = eps * real + (1 - eps) * fake.
+
+    real, fake: (N, dim); eps: (N, 1) in [0, 1]. The norm is taken per D input, i.e.
+    over a whole pack when D packs samples.
+    """
+    x_hat = (eps * real + (1 - eps) * fake.detach()).requires_grad_(True)  # (N, dim)
+    scores = D(x_hat)  # (N / pack,)
+    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)  # (N, dim)
+    per_input = grad.reshape(len(scores), -1).norm(dim=1)  # (N / pack,)
+    return ((per_input - 1) ** 2).mean()
+
+
+# ---- unrolled D ---------------------------------------------------------------------------
+
+
+def unrolled_params(
+    D: nn.Module,
+    opt_d: torch.optim.Optimizer,
+    d_loss: Callable[[dict, Tensor, Tensor], Tensor],
+    real: Tensor,
+    fake: Tensor,
+    k: int,
+    lr: float,
+) -> dict[str, Tensor]:
+    """D's parameters after k differentiable updates on (real, fake).
+
+    `fake` carries G's graph and every update is built with create_graph=True, so a loss
+    on the returned parameters back-propagates into G through all k updates. Each update
+    is an Adam-like step: the gradient divided by the square root of opt_d's current
+    second-moment estimate (held constant), so it moves D as far as a real step would.
+    """
+    params = dict(D.named_parameters())
+    precond = {}
+    for name, p in params.items():
+        state = opt_d.state.get(p, {})
+        if "exp_avg_sq" in state:
+            step = float(state["step"])
+            beta2 = opt_d.param_groups[0]["betas"][1]
+            v_hat = state["exp_avg_sq"] / (1 - beta2**step)
+            precond[name] = 1 / (v_hat.sqrt() + 1e-8)
+        else:
+            precond[name] = torch.ones_like(p)
+    for _ in range(k):
+        loss = d_loss(params, real, fake)
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+        params = {
+            n: p - lr * precond[n] * g for (n, p), g in zip(params.items(), grads, strict=True)
+        }
+    return params
+
+
+# ---- one step of the game -----------------------------------------------------------------
+
+
+def game_step(
+    G: nn.Module,
+    D: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    real_fn: Callable[[int], Tensor],
+    z_fn: Callable[[int], Tensor],
+    batch_size: int,
+    loss: str = "gan",
+    n_critic: int = 1,
+    gp_weight: float = 10.0,
+    unroll: int = 0,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """n_critic D updates, then one G update. Returns the scalars to log.
+
+    batch_size counts samples; D sees batch_size / D.pack inputs of each kind.
+    """
+    bce = GAN_LOSSES["non-saturating"]
+
+    def d_loss_at(params: dict | None, real: Tensor, fake: Tensor) -> Tensor:
+        f = D if params is None else (lambda x: functional_call(D, params, (x,)))
+        if loss == "wgan-gp":
+            eps = torch.rand(len(real), 1, generator=generator)
+            return wgan_d_loss(f(real), f(fake)) + gp_weight * gradient_penalty(f, real, fake, eps)
+        return bce.d(f(real), f(fake))
+
+    # ---- D: minimise d_loss with G fixed
+    for _ in range(n_critic):
+        real = real_fn(batch_size)  # (B, dim)
+        with torch.no_grad():
+            fake = G(z_fn(batch_size))  # (B, dim)
+        opt_d.zero_grad(set_to_none=True)
+        l_d = d_loss_at(None, real, fake)
+        l_d.backward()
+        opt_d.step()
+
+    # ---- G: minimise its loss against D (or against D after `unroll` more updates)
+    fake = G(z_fn(batch_size))
+    D.requires_grad_(unroll > 0)  # unrolling needs D's parameter gradients; otherwise skip them
+    if unroll > 0:
+        lr = opt_d.param_groups[0]["lr"]
+        params = unrolled_params(D, opt_d, d_loss_at, real_fn(batch_size), fake, unroll, lr)
+        scores = functional_call(D, params, (fake,))
+    else:
+        scores = D(fake)
+    l_g = wgan_g_loss(scores) if loss == "wgan-gp" else bce.g(scores)
+    opt_g.zero_grad(set_to_none=True)
+    l_g.backward()
+    opt_g.step()
+    D.requires_grad_(True)
+    D.zero_grad(set_to_none=True)
+    return {"loss/D": l_d.item(), "loss/G": l_g.item()}
