@@ -238,31 +238,48 @@ def _image_folder(path: Path, size: int, channels: int) -> Dataset:
     )
 
 
-def _npz(path: Path) -> Dataset:
-    """An array file: key `images` (N, C, H, W), (N, H, W, C) or (N, H, W), uint8 or float; optional `labels`."""
+def read_array_file(path: Path, what: str = "array file") -> tuple[np.ndarray, np.ndarray | None]:
+    """(images, labels or None) from .npz (keys `images`, optional `labels`) or .npy, no pickle.
+
+    Images come back as (N, C, H, W) whether stored NCHW, NHWC or (N, H, W);
+    a 2D array (N, 2) of points is returned as it is.
+    """
+    path = Path(path)
     if not path.is_file():
-        raise GankitError(f"array file {path} does not exist")
+        raise GankitError(f"{what} {path} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if "images" not in f:
-                raise GankitError(
-                    f"{path} has no 'images' array (it has: {', '.join(f.files) or 'none'})"
-                )
-            images = f["images"]
-            labels = f["labels"] if "labels" in f else None
+        if path.suffix == ".npy":
+            images, labels = np.load(path, allow_pickle=False), None
+        else:
+            with np.load(path, allow_pickle=False) as f:
+                if "images" not in f:
+                    have = ", ".join(f.files) or "none"
+                    raise GankitError(f"{path} has no 'images' array (it has: {have})")
+                images = f["images"]
+                labels = f["labels"] if "labels" in f else None
     except (OSError, ValueError) as e:
-        raise GankitError(f"cannot read array file {path}: {e}") from None
+        raise GankitError(f"cannot read {what} {path}: {e}") from None
     if images.ndim == 3:
         images = images[:, None]
+    if images.ndim not in (2, 4):
+        raise GankitError(
+            f"{path}: 'images' must be (N, 2) points or 3D/4D images, got {images.shape}"
+        )
+    if images.ndim == 4 and images.shape[1] not in (1, 3) and images.shape[-1] in (1, 3):
+        images = images.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    return np.ascontiguousarray(images), labels
+
+
+def _npz(path: Path) -> Dataset:
+    """An array file: key `images` (N, C, H, W), (N, H, W, C) or (N, H, W), uint8 or float; optional `labels`."""
+    images, labels = read_array_file(path)
     if images.ndim != 4:
         raise GankitError(f"{path}: 'images' must be 3D or 4D, got shape {images.shape}")
-    if images.shape[1] not in (1, 3) and images.shape[-1] in (1, 3):
-        images = images.transpose(0, 3, 1, 2)  # NHWC -> NCHW
     classes = (
         [str(c) for c in range(int(labels.max()) + 1)] if labels is not None and len(labels) else []
     )
     return Dataset(
-        images=to_unit_range(np.ascontiguousarray(images)),
+        images=to_unit_range(images),
         labels=torch.as_tensor(labels, dtype=torch.int64) if labels is not None else None,
         name="npz",
         source=f"{len(images)} images from {path}",

@@ -12,11 +12,10 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from gankit import metrics
-from gankit.data import make_dataset, to_unit_range
+from gankit.data import make_dataset, read_array_file, to_unit_range
 from gankit.errors import GankitError
 from gankit.toy import MIXTURES
 
@@ -48,30 +47,13 @@ def lower_is_better(key: str) -> bool:
 
 
 def load_samples(path: str | Path) -> torch.Tensor:
-    """Samples from .npz (key `images`, as `gankit sample --out` writes) or .npy; images -> [-1, 1]."""
-    path = Path(path)
-    if not path.is_file():
-        raise GankitError(f"samples file {path} does not exist")
-    try:
-        if path.suffix == ".npy":
-            x = np.load(path, allow_pickle=False)
-        else:
-            with np.load(path, allow_pickle=False) as f:
-                if "images" not in f:
-                    raise GankitError(
-                        f"{path} has no 'images' array (it has: {', '.join(f.files) or 'none'})"
-                    )
-                x = f["images"]
-    except (OSError, ValueError) as e:
-        raise GankitError(f"cannot read samples file {path}: {e}") from None
-    if x.ndim == 2:  # (N, 2) points: no scaling
+    """Samples from .npz (key `images`, as `gankit sample --out` writes) or .npy.
+
+    Images (N, C, H, W) come back in [-1, 1]; (N, 2) points come back unscaled.
+    """
+    x, _ = read_array_file(Path(path), "samples file")
+    if x.ndim == 2:
         return torch.as_tensor(x, dtype=torch.float32)
-    if x.ndim == 3:
-        x = x[:, None]
-    if x.ndim != 4:
-        raise GankitError(
-            f"{path}: samples must be (N, 2) points or (N, C, H, W) images, got {x.shape}"
-        )
     return to_unit_range(x)
 
 
