@@ -1,4 +1,4 @@
-"""The `gankit` command: train, sample, list.
+"""The `gankit` command: train, sample, eval, lab, list.
 
 Every user error (a bad option, a missing file, a corrupt checkpoint) ends as one
 line on stderr and exit code 2; work already saved is never overwritten.
@@ -87,7 +87,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("list", help="list model families, losses and datasets")
+    add_lab_parser(sub)
     return p
+
+
+def add_lab_parser(sub) -> None:
+    lab = sub.add_parser("lab", help="watch the game: 1D Figure 1 and 2D mode collapse")
+    kinds = lab.add_subparsers(dest="lab", required=True, parser_class=_Parser)
+    one = kinds.add_parser(
+        "1d",
+        help="Figure 1 of Goodfellow et al. (2014): p_data, p_model, D(x) and z -> G(z)",
+        description="Train small MLP players on a 1D target and draw p_data, p_model, D(x) and "
+        "the map z -> G(z) every N steps (frames, strip.png, training.gif, TensorBoard).",
+    )
+    one.add_argument(
+        "--mean", help="p_data's mean, or means of a mixture: --mean=-2,2 (default: 2)"
+    )
+    one.add_argument("--std", help="p_data's std, one or one per mean (default: 0.5)")
+    one.add_argument("--z", help="latent distribution: normal (default) | uniform")
+    one.add_argument(
+        "--freeze-g", action="store_true", help="train D alone against a fixed G; draw D*"
+    )
+    one.add_argument("--g-loc", type=float, help="frozen G: x = g_loc + g_scale * z (default: 0)")
+    one.add_argument("--g-scale", type=float, help="frozen G's scale (default: 1)")
+    two = kinds.add_parser(
+        "2d",
+        help="mode collapse on the ring / grid mixtures, remedy by remedy",
+        description="Train a remedy on a 2D mixture; draw samples over D's heatmap every N steps, "
+        "score modes / %% high quality / reverse KL, save samples.npy (2500, 2).",
+    )
+    two.add_argument("--mixture", help="ring | grid (default: grid)")
+    two.add_argument(
+        "--remedy",
+        help="plain | wgan-gp | pacgan | unrolled | pacgan-drs | best (= pacgan-drs, the default)",
+    )
+    two.add_argument("--pack", type=int, help="PacGAN: samples per D input")
+    two.add_argument("--unroll", type=int, help="Unrolled GAN: D steps G looks through")
+    two.add_argument("--n-critic", type=int, help="D updates per G update")
+    two.add_argument("--loss", help="gan | wgan-gp")
+    two.add_argument("--lr-g", type=float, help="G's Adam learning rate")
+    two.add_argument("--lr-d", type=float, help="D's Adam learning rate")
+    two.add_argument("--decay", type=float, help="final fraction of steps with LR falling to 0")
+    two.add_argument(
+        "--drs",
+        type=int,
+        help="steps fitting D to D* for rejection sampling after training; 0 = off",
+    )
+    two.add_argument("--dry-run", action="store_true", help="print the resolved options and exit")
+    for q in (one, two):
+        q.add_argument("--steps", type=int, help="training steps (default: the lab's tuned value)")
+        q.add_argument("--every", type=int, help="draw (and score) every N steps")
+        q.add_argument("--batch-size", type=int, help="samples per batch")
+        q.add_argument("--seed", type=int, help="random seed (default: 0)")
+        q.add_argument("--name", help="run folder name (default: lab1d-/lab2d-<date>-<time>)")
+        q.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
 
 
 def parse_overrides(tokens: list[str]) -> dict[str, str]:
@@ -281,6 +334,90 @@ def to_unit(images):
     return to_unit_range(images)
 
 
+def cmd_lab(args) -> int:
+    import dataclasses
+
+    if args.lab == "1d":
+        from gankit.labs.lab1d import Lab1DConfig, run_lab1d
+
+        options = {
+            "mean": parse_floats(args.mean, "--mean"),
+            "std": parse_floats(args.std, "--std"),
+            "z": args.z,
+            "freeze_g": args.freeze_g or None,
+            "g_loc": args.g_loc,
+            "g_scale": args.g_scale,
+        }
+        options |= lab_common(args)
+        cfg = Lab1DConfig(**{k: v for k, v in options.items() if v is not None})
+        cfg.validate()
+        run_dir = lab_run_dir(args, "lab1d")
+        print(f"run folder: {run_dir}")
+        r = run_lab1d(cfg, run_dir)
+        line = (
+            f"W1(p_model, p_data) {r['w1_start']:.3f} -> {r['w1']:.3f}, "
+            f"max |D - 1/2| where the data lives {r['d_gap']:.3f}"
+        )
+        if cfg.freeze_g:
+            line = f"max |D - D*| over the support {r['d_star_gap']:.3f} (G frozen), " + line
+        print(f"{line}, {r['seconds']:.0f} s")
+        print(f"strip:       {run_dir / 'strip.png'}")
+    else:
+        from gankit.labs.lab2d import resolve, run_lab2d
+
+        options = {
+            "mixture": args.mixture,
+            "pack": args.pack,
+            "unroll": args.unroll,
+            "n_critic": args.n_critic,
+            "loss": args.loss,
+            "lr_g": args.lr_g,
+            "lr_d": args.lr_d,
+            "decay": args.decay,
+            "drs": args.drs,
+        }
+        cfg = resolve(args.remedy, **(options | lab_common(args)))
+        if args.dry_run:
+            import yaml
+
+            print(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), end="")
+            return 0
+        run_dir = lab_run_dir(args, f"lab2d-{cfg.mixture}")
+        print(f"run folder: {run_dir}")
+        r = run_lab2d(cfg, run_dir)
+        print(
+            f"{cfg.remedy} on {cfg.mixture}: {r['modes']:.0f} modes, {r['high_quality']:.1f}% high "
+            f"quality, reverse KL {r['mode_kl']:.3f}, {r['seconds']:.0f} s"
+        )
+        print(f"samples:     {run_dir / 'samples.npy'}")
+    print(f"animation:   {run_dir / 'training.gif'}")
+    print(f"tensorboard: tensorboard --logdir {run_dir.parent}")
+    return 0
+
+
+def lab_run_dir(args, family: str) -> Path:
+    """A fresh run folder; labs cannot be resumed, so an existing name is simply refused."""
+    if args.name and (Path(args.runs_dir) / args.name).exists():
+        raise GankitError(
+            f"run folder {Path(args.runs_dir) / args.name} already exists: pick another --name"
+        )
+    return new_run_dir(Path(args.runs_dir), args.name, family)
+
+
+def lab_common(args) -> dict:
+    keys = ("steps", "every", "batch_size", "seed")
+    return {k: getattr(args, k) for k in keys}
+
+
+def parse_floats(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(t) for t in text.split(",")]
+    except ValueError:
+        raise GankitError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+
+
 def cmd_list() -> int:
     from gankit.data import DATASETS
     from gankit.losses import GAN_LOSSES
@@ -307,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_sample(args)
         if args.command == "eval":
             return cmd_eval(args)
+        if args.command == "lab":
+            return cmd_lab(args)
         return cmd_list()
     except GankitError as e:
         print(f"gankit: error: {e}", file=sys.stderr)
