@@ -1,5 +1,6 @@
 import pytest
 
+from gankit.cli import main
 from gankit.config import load_config
 
 # A small MLP GAN: fast enough for many short runs in the test suite.
@@ -24,3 +25,14 @@ def tiny_cfg():
 
 def quiet(*args, **kwargs):
     pass
+
+
+def one_line_error(capsys, argv, expect):
+    """The CLI refuses `argv` with exit 2 and exactly one stderr line containing `expect`."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gankit: error:"), err
+    assert expect in lines[0]
+    assert "Traceback" not in err

@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import one_line_error
 from gankit.cli import main
 
 TINY = ["--g-widths", "32,64", "--d-widths", "64,32", "--device", "cpu", "--no-progress"]
@@ -16,16 +17,6 @@ def run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     assert main(["train", "--steps", "30", "--name", "r", "--runs-dir", str(runs), *TINY]) == 0
     return runs / "r"
-
-
-def one_line_error(capsys, argv, expect):
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("gankit: error:"), err
-    assert expect in lines[0]
-    assert "Traceback" not in err
 
 
 def test_train_prints_where_everything_is(run, capsys):

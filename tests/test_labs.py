@@ -5,21 +5,13 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from conftest import one_line_error
 from gankit.cli import main
 from gankit.labs.lab1d import Lab1DConfig, run_lab1d
 from gankit.labs.lab2d import build, resolve
 from gankit.labs.players import Discriminator, Generator
 from gankit.labs.remedies import BEST, REMEDIES, gradient_penalty, unrolled_params
 from gankit.losses import GAN_LOSSES
-
-
-def one_line_error(capsys, argv, expect):
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("gankit: error:"), err
-    assert expect in lines[0]
 
 
 def test_frozen_g_d_approaches_the_optimal_d(tmp_path):
