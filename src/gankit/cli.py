@@ -205,16 +205,15 @@ def cmd_train(args, extra: list[str]) -> int:
     return 0
 
 
-def new_run_dir(runs_dir: Path, name: str | None, family: str) -> Path:
+def new_run_dir(runs_dir: Path, name: str | None, family: str, resumable: bool = True) -> Path:
     """A run folder that does not exist yet; an explicit name that exists is refused."""
     if name:
         if "/" in name or name in (".", ".."):
             raise GankitError(f"--name {name!r} must be a plain folder name")
         path = runs_dir / name
         if path.exists():
-            raise GankitError(
-                f"run folder {path} already exists: continue it with --resume {path} or pick another --name"
-            )
+            hint = f"continue it with --resume {path} or pick" if resumable else "pick"
+            raise GankitError(f"run folder {path} already exists: {hint} another --name")
         return path
     stem = f"{family}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, i = runs_dir / stem, 1
@@ -397,11 +396,7 @@ def cmd_lab(args) -> int:
 
 def lab_run_dir(args, family: str) -> Path:
     """A fresh run folder; labs cannot be resumed, so an existing name is simply refused."""
-    if args.name and (Path(args.runs_dir) / args.name).exists():
-        raise GankitError(
-            f"run folder {Path(args.runs_dir) / args.name} already exists: pick another --name"
-        )
-    return new_run_dir(Path(args.runs_dir), args.name, family)
+    return new_run_dir(Path(args.runs_dir), args.name, family, resumable=False)
 
 
 def lab_common(args) -> dict:
