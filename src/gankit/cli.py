@@ -248,13 +248,15 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     import json
 
+    from gankit.data import to_unit_range
     from gankit.device import resolve_device
     from gankit.evaluate import Evaluator, append_jsonl, format_table, load_samples, timestamp
 
     if bool(args.run) == bool(args.samples):
         raise GankitError("give either a run folder or --samples FILE")
-    quiet = args.json
-    say = (lambda *a: print(*a, file=sys.stderr)) if quiet else print
+    say = (
+        (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    )  # --json: stdout is JSON only
     record = {"time": timestamp(), "seed": args.seed}
     if args.samples:
         if not args.data:
@@ -276,7 +278,7 @@ def cmd_eval(args) -> int:
         if n < 1:
             raise GankitError("--n must be >= 1")
         t0 = time.perf_counter()
-        fake = to_unit(sampler.images(n, seed=args.seed))
+        fake = to_unit_range(sampler.images(n, seed=args.seed))
         record |= {
             "step": sampler.meta["step"],
             "checkpoint": args.checkpoint or "last",
@@ -325,12 +327,6 @@ def default_eval_n(dataset: str) -> int:
     from gankit.toy import MIXTURES
 
     return STACKED_N if dataset == "stacked-mnist" else MIXTURE_N if dataset in MIXTURES else 10_000
-
-
-def to_unit(images):
-    from gankit.data import to_unit_range
-
-    return to_unit_range(images)
 
 
 def cmd_lab(args) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from gankit import metrics
-from gankit.data import make_dataset, read_array_file, to_unit_range
+from gankit.data import Dataset, make_dataset, read_array_file, to_unit_range
 from gankit.errors import GankitError
 from gankit.toy import MIXTURES
 
@@ -72,23 +72,18 @@ class Evaluator:
         channels: int = 0,
         device="cpu",
         log=print,
+        train: Dataset | None = None,  # the training split, when the caller has it loaded already
     ):
         self.dataset = dataset
+        self.target = self.classifier = self.real = self.real_images = None
         if dataset in MIXTURES:
-            self.target, self.classifier, self.real, self.real_images = (
-                MIXTURES[dataset](),
-                None,
-                None,
-                None,
-            )
+            self.target = MIXTURES[dataset]()
             return
-        self.target = None
         base = "mnist" if dataset == "stacked-mnist" else dataset
-        kw = dict(root=root, img_size=img_size, channels=0 if base == "mnist" else channels)
-        train, test = (
-            make_dataset(base, split="train", **kw),
-            make_dataset(base, split="test", **kw),
-        )
+        kw = dict(root=root, img_size=img_size, channels=0 if base != dataset else channels)
+        if train is None or base != dataset:  # stacked-mnist's classifier learns plain digits
+            train = make_dataset(base, split="train", **kw)
+        test = make_dataset(base, split="test", **kw)
         self.classifier = metrics.classifier_for(train, test, device=device, log=log)
         self.real_images = test.images  # (N, C, H, W) in [-1, 1], the held-out split
         self.real = (

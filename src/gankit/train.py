@@ -95,7 +95,9 @@ def train(
     if t.eval_every:
         # Before seeding, so that training a classifier the first time never shifts the run's RNG.
         d = cfg.data
-        evaluator = Evaluator(d.dataset, d.root, d.img_size, d.channels, device=device, log=log)
+        evaluator = Evaluator(
+            d.dataset, d.root, d.img_size, d.channels, device=device, log=log, train=data
+        )
         best_key = evaluator.resolve_key(t.best_metric)
 
     # Seed everything a run touches, then build: weights come from the global torch RNG.
