@@ -113,7 +113,7 @@ def gankit_flops_per_image(batch_size: int, device: str) -> float:
         return torch.randn(n, cfg.nz, device=device)
 
     with FlopCounterMode(display=False) as counter:
-        mlp.step(nets, opts, [real], z_fn)
+        mlp.step(nets, opts, [(real, None)], z_fn)
     return counter.get_total_flops() / batch_size
 
 

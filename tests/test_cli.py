@@ -137,3 +137,88 @@ def test_module_entry_point_reports_errors_without_traceback(tmp_path):
     assert p.stderr.strip().splitlines() == [
         "gankit: error: bad value for train.lr_d: expected float, got 'oops'"
     ]
+
+
+COND = ["--family", "dcgan", "--model.ngf", "8", "--model.ndf", "8", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def cond_run(tmp_path_factory):
+    """A short conditional DCGAN run (projection D, EMA) shared by the --class tests."""
+    runs = tmp_path_factory.mktemp("runs")
+    argv = ["train", "--steps", "8", "--name", "c", "--runs-dir", str(runs), *COND]
+    argv += ["--cond", "projection", "--ema", "0.9", "--n-fixed", "100", "--no-progress"]
+    assert main(argv) == 0
+    return runs / "c"
+
+
+def test_sample_one_class_and_a_grid_row_per_class(cond_run, tmp_path):
+    one = tmp_path / "three.npz"
+    assert main(["sample", str(cond_run), "--class", "3", "--n", "20", "--out", str(one)]) == 0
+    with np.load(one) as f:
+        assert f["images"].shape == (20, 1, 28, 28) and (f["labels"] == 3).all()
+    some, grid = tmp_path / "some.npz", tmp_path / "grid.png"
+    argv = ["sample", str(cond_run), "--class", "0,1,2", "--n", "30", "--out", str(some)]
+    assert main([*argv, "--grid", str(grid), "--nrow", "8"]) == 0
+    with np.load(some) as f:
+        assert f["labels"].tolist() == [0] * 10 + [1] * 10 + [2] * 10
+    from PIL import Image
+
+    width, height = Image.open(grid).size
+    assert (width, height) == (2 + 8 * 30, 2 + 3 * 30)  # 3 rows (one per class) of 8
+    every = tmp_path / "every.npz"
+    assert main(["sample", str(cond_run), "--n", "50", "--out", str(every)]) == 0
+    with np.load(every) as f:
+        assert np.bincount(f["labels"]).tolist() == [5] * 10
+
+
+def test_conditional_eval_reports_label_accuracy(cond_run, capsys):
+    assert main(["eval", str(cond_run), "--n", "200", "--json"]) == 0
+    import json
+
+    metrics = json.loads(capsys.readouterr().out)["metrics"]
+    assert 0 <= metrics["label_accuracy_min"] <= metrics["label_accuracy"] <= 1
+
+
+def test_conditional_and_model_errors_are_one_line(cond_run, run, tmp_path, capsys):
+    one_line_error(
+        capsys, ["sample", str(cond_run), "--class", "12", "--grid", "g.png"], "class 12"
+    )
+    one_line_error(capsys, ["sample", str(cond_run), "--class", "x", "--grid", "g.png"], "--class")
+    one_line_error(capsys, ["sample", str(run), "--class", "3", "--grid", "g.png"], "unconditional")
+    unlabelled = tmp_path / "u.npz"
+    np.savez(unlabelled, images=np.zeros((8, 1, 28, 28), np.uint8))
+    argv = ["train", "--data.dataset", f"npz:{unlabelled}", "--runs-dir", str(tmp_path), *COND]
+    one_line_error(capsys, [*argv, "--cond", "projection"], "needs labels")
+    one_line_error(capsys, [*argv, "--data.img-size", "30"], "DCGAN needs an image size")
+
+
+def test_interpolation_grid_and_its_errors(run, tmp_path, capsys):
+    grid = tmp_path / "interp.png"
+    assert main(["sample", str(run), "--interpolate", "--grid", str(grid), "--n", "30"]) == 0
+    from PIL import Image
+
+    assert Image.open(grid).size == (2 + 10 * 30, 2 + 3 * 30)  # 3 rows of 10 steps
+    one_line_error(capsys, ["sample", str(run), "--interpolate", "--out", "x.npz"], "add --grid")
+    one_line_error(capsys, ["sample", str(run), "--pyramid", "p.png"], "needs a pyramid model")
+
+
+def test_slerp_stays_on_the_shell_and_hits_both_ends():
+    import torch
+
+    from gankit.sample import slerp
+
+    z0, z1 = torch.randn(4, 64), torch.randn(4, 64)
+    z1 = z1 / z1.norm(dim=1, keepdim=True) * z0.norm(dim=1, keepdim=True)  # same radius
+    path = slerp(z0, z1, torch.linspace(0, 1, 7))  # (4, 7, 64)
+    torch.testing.assert_close(path[:, 0], z0)
+    torch.testing.assert_close(path[:, -1], z1)
+    norms = path.norm(dim=2)
+    torch.testing.assert_close(norms, z0.norm(dim=1, keepdim=True).expand(4, 7))
+
+
+def test_list_names_the_families_losses_and_presets(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for word in ("dcgan", "lapgan", "vae", "hinge", "wgan-gp", "projection", "dcgan-mnist.yaml"):
+        assert word in out

@@ -1,9 +1,11 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from gankit.config import Config, from_dict, load_config, save_config
 from gankit.errors import GankitError
+from gankit.models import MODELS, is_conditional
 
 
 def test_overrides_are_coerced_by_type():
@@ -48,6 +50,18 @@ def test_defaults_are_the_classic_tutorial():
         ({"device": "tpu"}, "device"),
         ({"model.nope": "1"}, "unknown option"),
         ({"d-dropout": "1.5"}, "d_dropout"),
+        (
+            {"family": "dcgan", "loss": "wgan-gp"},
+            "gradient penalty needs a critic without BatchNorm",
+        ),
+        ({"family": "dcgan", "r1": "10"}, "R1 penalty needs a critic without BatchNorm"),
+        ({"loss": "hinge", "label-smoothing": "0.1"}, "no meaning for the hinge loss"),
+        ({"family": "dcgan", "d-norm": "group"}, "unknown d_norm"),
+        ({"cond": "labels"}, "unknown cond"),
+        ({"augment": "color,flip"}, "unknown augmentation 'flip'"),
+        ({"ema": "1"}, "ema must be in"),
+        ({"aux-weight": "2"}, "set --model.cond acgan"),
+        ({"gp-weight": "-1"}, "must be >= 0"),
     ],
 )
 def test_bad_config_is_refused(overrides, message):
@@ -69,9 +83,29 @@ def test_bad_yaml_files_are_refused(tmp_path):
 @pytest.mark.parametrize(
     "path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name
 )
-def test_every_preset_is_a_valid_config(path):
+def test_every_preset_is_a_valid_config_that_builds(path):
     cfg = load_config(path)
     assert from_dict(cfg.to_dict()) == cfg
+    shape = (3, 32, 32) if cfg.data.dataset == "cifar10" else (1, 28, 28)
+    family = MODELS[cfg.model.family]
+    if hasattr(family, "upscale"):  # super-resolution: HR patches from LR ones
+        shape = (3, cfg.data.img_size, cfg.data.img_size)
+        lr = torch.zeros(2, 3, shape[1] // cfg.model.scale, shape[2] // cfg.model.scale)
+        assert family.generate(family.build(cfg.model, shape), lr).shape == (2, *shape)
+        return
+    nets = family.build(cfg.model, shape, num_classes=10)
+    z = family.noise(cfg.model, 2, torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1]) if is_conditional(cfg.model) else None
+    assert family.generate(nets, z, labels).shape == (2, *shape)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# ") and len(first) > 20  # `gankit list` shows it
+
+
+def test_the_mnist_presets_cover_the_issue():
+    names = {p.stem for p in (Path(__file__).parents[1] / "configs").glob("*.yaml")}
+    assert {"mlp-mnist", "dcgan-mnist", "cgan-mnist", "acgan-mnist", "wgan-gp-mnist"} <= names
+    assert {"lsgan-mnist", "hinge-sn-mnist", "dcgan-cifar10"} <= names
+    assert {"lapgan-mnist", "vae-mnist", "srresnet-x4", "srgan-x4"} <= names
 
 
 def test_default_preset_is_the_default_config():

@@ -10,7 +10,7 @@ from gankit.cli import main
 from gankit.labs.lab1d import Lab1DConfig, run_lab1d
 from gankit.labs.lab2d import build, resolve
 from gankit.labs.players import Discriminator, Generator
-from gankit.labs.remedies import BEST, REMEDIES, gradient_penalty, unrolled_params
+from gankit.labs.remedies import BEST, REMEDIES, unrolled_params
 from gankit.losses import GAN_LOSSES
 
 
@@ -80,18 +80,6 @@ def test_pacgan_d_sees_m_samples_side_by_side():
     x.requires_grad_(True)
     D(x).sum().backward()
     assert (x.grad.abs().sum(1) > 0).all()
-
-
-def test_gradient_penalty_is_zero_for_a_unit_slope_critic():
-    w = torch.tensor([0.6, 0.8])  # |w| = 1: the gradient norm is 1 everywhere
-
-    def critic(x):
-        return x @ w
-
-    real, fake = torch.randn(32, 2), torch.randn(32, 2)
-    gp = gradient_penalty(critic, real, fake, torch.rand(32, 1))
-    torch.testing.assert_close(gp, torch.tensor(0.0), atol=1e-10, rtol=0)
-    assert gradient_penalty(lambda x: 3 * critic(x), real, fake, torch.rand(32, 1)) > 3.9
 
 
 def test_default_2d_lab_is_the_best_remedy(capsys):

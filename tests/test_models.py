@@ -2,24 +2,102 @@ import pytest
 import torch
 from torch import nn
 
-from gankit.models import MODELS, mlp
+from gankit.errors import GankitError
+from gankit.models import MODELS, dcgan, mlp
 
-SHAPES = [(1, 28, 28), (3, 32, 32)]
+SHAPES = [(1, 28, 28), (3, 32, 32), (3, 64, 64)]
+CONDS = ["none", "concat", "projection", "acgan"]
 
 
-@pytest.mark.parametrize("family", list(MODELS))
+@pytest.mark.parametrize("family", ["mlp", "dcgan"])
 @pytest.mark.parametrize("img_shape", SHAPES)
-def test_shapes_and_ranges(family, img_shape):
+@pytest.mark.parametrize("cond", CONDS)
+def test_shapes_and_ranges(family, img_shape, cond):
     mod = MODELS[family]
-    cfg = mod.Config()
+    cfg = mod.Config(cond=cond)
     nets = mod.build(cfg, img_shape, num_classes=10)
     z = mod.noise(cfg, 8, torch.Generator().manual_seed(0))
-    x = mod.generate(nets, z)
+    labels = torch.arange(8) if cond != "none" else None
+    x = mod.generate(nets, z, labels)
     assert x.shape == (8, *img_shape)
     assert x.min() >= -1 and x.max() <= 1  # Tanh output, like the data
-    logits = nets["D"](x)
-    assert logits.shape == (8,)
-    assert torch.isfinite(logits).all()
+    out = nets["D"](x, labels)
+    logits, classes = out if cond == "acgan" else (out, None)
+    assert logits.shape == (8,) and torch.isfinite(logits).all()
+    if cond == "acgan":
+        assert classes.shape == (8, 10)
+
+
+@pytest.mark.parametrize("family", ["mlp", "dcgan"])
+@pytest.mark.parametrize("cond", ["concat", "projection", "acgan"])
+def test_the_label_changes_the_image_and_the_score(family, cond):
+    mod = MODELS[family]
+    cfg = mod.Config(cond=cond)
+    torch.manual_seed(0)
+    nets = mod.build(cfg, (1, 28, 28), num_classes=10)
+    for net in nets.values():
+        net.eval()
+    z = mod.noise(cfg, 1, torch.Generator().manual_seed(0)).repeat(2, 1)
+    x = mod.generate(nets, z, torch.tensor([3, 7]))
+    assert not torch.equal(x[0], x[1])  # same z, other digit
+    if cond != "acgan":  # ACGAN's D scores realness without the label, and classifies
+        same = x[:1].repeat(2, 1, 1, 1)
+        logits = nets["D"](same, torch.tensor([3, 7]))
+        assert logits[0] != logits[1]
+
+
+def test_dcgan_follows_the_paper():
+    nets = dcgan.build(dcgan.Config(), (1, 28, 28))
+    G, D = nets["G"], nets["D"]
+    convs_g = [m for m in G.net if isinstance(m, nn.ConvTranspose2d)]
+    assert [m.out_channels for m in convs_g] == [128, 64, 1]  # 7x7 -> 14x14 -> 28x28
+    assert [m.stride for m in convs_g[1:]] == [(2, 2), (2, 2)]
+    assert isinstance(G.net[-1], nn.Tanh) and not isinstance(G.net[-2], nn.BatchNorm2d)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in G.modules()) == 2
+    assert sum(isinstance(m, nn.ReLU) for m in G.modules()) == 2
+    convs_d = [m for m in D.net if isinstance(m, nn.Conv2d)]
+    assert [m.stride for m in convs_d] == [(2, 2), (2, 2)]  # strided convolutions, no pooling
+    assert not any(isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) for m in D.modules())
+    assert isinstance(D.net[1], nn.LeakyReLU)  # no BatchNorm on D's input layer
+    assert D.net[1].negative_slope == 0.2
+    assert isinstance(D.net[3], nn.BatchNorm2d)
+    weights = torch.cat([m.weight.flatten() for m in convs_g + convs_d])
+    assert abs(weights.std().item() - 0.02) < 0.002  # N(0, 0.02) initialisation
+
+
+@pytest.mark.parametrize("size, depth", [(28, 2), (32, 3), (48, 3), (64, 4)])
+def test_dcgan_depth_follows_the_image_size(size, depth):
+    assert dcgan.layout(size)[1] == depth
+    G = dcgan.build(dcgan.Config(), (3, size, size))["G"]
+    assert sum(isinstance(m, nn.ConvTranspose2d) for m in G.modules()) == depth + 1
+
+
+@pytest.mark.parametrize("size", [30, 9, 4, 100])
+def test_dcgan_refuses_image_sizes_it_cannot_build(size):
+    with pytest.raises(GankitError, match="DCGAN needs an image size"):
+        dcgan.build(dcgan.Config(), (1, size, size))
+
+
+@pytest.mark.parametrize("norm", ["layer", "instance", "none"])
+def test_dcgan_critic_without_batchnorm(norm):
+    D = dcgan.build(dcgan.Config(d_norm=norm), (1, 28, 28))["D"]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in D.modules())
+
+
+def test_spectral_norm_bounds_every_d_layer():
+    D = dcgan.build(dcgan.Config(spectral_norm=True, d_norm="none"), (1, 28, 28))["D"]
+    layers = [m for m in D.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert layers and all(nn.utils.parametrize.is_parametrized(m, "weight") for m in layers)
+    x = torch.randn(4, 1, 28, 28)
+    for _ in range(30):  # power iteration converges while D runs in training mode
+        D(x)
+    w = layers[-1].weight  # (1, F): its spectral norm is its Euclidean norm
+    assert w.norm().item() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_a_conditional_model_needs_labels():
+    with pytest.raises(GankitError, match="needs a labelled dataset"):
+        dcgan.build(dcgan.Config(cond="projection"), (1, 28, 28), num_classes=0)
 
 
 def test_mlp_follows_the_classic_tutorial_architecture():
@@ -34,7 +112,8 @@ def test_mlp_follows_the_classic_tutorial_architecture():
     assert [b[0].out_features for b in d_blocks] == [512, 256, 128]
     for b in d_blocks:
         assert isinstance(b[1], nn.LeakyReLU) and b[1].negative_slope == 0.2
-    assert nets["D"].net[-1].out_features == 1  # one logit, no Sigmoid
+    assert nets["D"].head.linear.out_features == 1  # one logit, no Sigmoid
+    assert not any(isinstance(m, nn.Sigmoid) for m in nets["D"].modules())
 
 
 def test_mlp_dropout_is_optional():

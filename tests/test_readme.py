@@ -19,6 +19,7 @@ def block_after(marker: str, lang: str) -> str:
 
 def test_quick_tour_commands(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").symlink_to(Path(__file__).parents[1] / "configs")
     commands = block_after("run by tests/test_readme.py. -->", "sh").strip().splitlines()
     assert len(commands) >= 4
     for line in commands:
@@ -28,6 +29,8 @@ def test_quick_tour_commands(tmp_path, monkeypatch, capsys):
     with np.load(tmp_path / "samples.npz") as f:
         assert f["images"].shape == (1000, 1, 28, 28)
     assert (tmp_path / "grid.png").is_file()
+    with np.load(tmp_path / "threes.npz") as f:
+        assert f["images"].shape == (100, 1, 28, 28) and (f["labels"] == 3).all()
     from gankit.checkpoint import read_meta
 
     assert read_meta(tmp_path / "runs/quick/checkpoints/last.safetensors")["step"] == 400

@@ -72,7 +72,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_cfg, tmp_path):
 
 
 def test_ctrl_c_saves_at_a_step_boundary_and_resumes_exactly(tiny_cfg, tmp_path, monkeypatch):
-    train(tiny_cfg(steps=40, d_steps=2), tmp_path / "full", progress=False, log=quiet)
+    train(tiny_cfg(steps=40, n_critic=2), tmp_path / "full", progress=False, log=quiet)
 
     calls = {"n": 0}
     real_step = mlp.step
@@ -85,10 +85,10 @@ def test_ctrl_c_saves_at_a_step_boundary_and_resumes_exactly(tiny_cfg, tmp_path,
         return out
 
     monkeypatch.setattr(mlp, "step", interrupted_step)
-    s = train(tiny_cfg(steps=40, d_steps=2), tmp_path / "part", progress=False, log=quiet)
+    s = train(tiny_cfg(steps=40, n_critic=2), tmp_path / "part", progress=False, log=quiet)
     assert s.step == 13 and ckpt.read_meta(last_checkpoint(tmp_path / "part"))["step"] == 13
     monkeypatch.setattr(mlp, "step", real_step)
-    train(tiny_cfg(steps=40, d_steps=2), tmp_path / "part", resume=True, progress=False, log=quiet)
+    train(tiny_cfg(steps=40, n_critic=2), tmp_path / "part", resume=True, progress=False, log=quiet)
     a, b = weights(tmp_path / "full"), weights(tmp_path / "part")
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -109,3 +109,45 @@ def test_both_g_objectives_train(tiny_cfg, tmp_path, loss):
         log=quiet,
     )
     assert all(math.isfinite(v) for v in s.scalars.values())
+
+
+DCGAN_TINY = {"family": "dcgan", "model.ngf": "8", "model.ndf": "8"}
+
+
+def test_resume_is_exact_with_labels_ema_augment_and_instance_noise(tiny_cfg, tmp_path):
+    from gankit.config import load_config
+
+    def cfg(steps):
+        over = DCGAN_TINY | {"cond": "acgan", "ema": "0.9", "augment": "color,translation"}
+        over |= {"instance_noise": "0.1", "steps": str(steps), "device": "cpu", "batch_size": "16"}
+        return load_config(None, over | {"ckpt_every": "5", "sample_every": "5"})
+
+    train(cfg(12), tmp_path / "full", progress=False, log=quiet)
+    train(cfg(7), tmp_path / "part", progress=False, log=quiet)
+    train(cfg(12), tmp_path / "part", resume=True, progress=False, log=quiet)
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "part")
+    assert any(k.startswith("G_ema.") for k in a) and a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_a_conditional_gan_trains_on_an_image_folder_labelled_by_subfolder(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from gankit.config import load_config
+    from gankit.sample import Sampler
+
+    for c, name in enumerate(("circles", "squares")):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(6):
+            pixels = np.full((32, 32, 3), 60 * c + 10 * i, dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imgs" / name / f"{i}.png")
+    over = DCGAN_TINY | {"dataset": f"folder:{tmp_path / 'imgs'}", "img_size": "32"}
+    over |= {"cond": "projection", "steps": "4", "device": "cpu", "batch_size": "4"}
+    train(load_config(None, over), tmp_path / "run", progress=False, log=quiet)
+    sampler = Sampler.load(tmp_path / "run", device="cpu")
+    assert sampler.classes == ["circles", "squares"]
+    labels = sampler.labels(6, [1])
+    assert labels.tolist() == [1] * 6
+    assert sampler.images(6, labels=labels).shape == (6, 3, 32, 32)

@@ -49,6 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--grid", help="write a PNG grid of the first nrow x nrow images")
     s.add_argument("--nrow", type=int, default=10, help="images per grid row (default: 10)")
     s.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    s.add_argument(
+        "--class",
+        dest="classes",
+        metavar="K[,K...]",
+        help="conditional runs: draw these classes only (default: all); the grid has a row per class",
+    )
+    s.add_argument(
+        "--interpolate",
+        action="store_true",
+        help="the grid shows latent interpolations (slerp): --n // --nrow rows of --nrow steps",
+    )
+    s.add_argument(
+        "--pyramid",
+        metavar="FILE.png",
+        help="pyramid models (lapgan): 8 samples, one row each, one column per level",
+    )
     s.add_argument("--checkpoint", help="'last' (default), a step number, or a checkpoint path")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     s.add_argument(
@@ -81,10 +97,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     e.add_argument("--json", action="store_true", help="print one JSON object only")
     e.add_argument(
+        "--iw-k",
+        type=int,
+        default=1000,
+        help="likelihood models (VAE): importance samples per held-out image (default: 1000)",
+    )
+    e.add_argument(
         "--inception-weights",
         metavar="PATH",
         help="local Inception-v3 weights (.pth or .safetensors): adds Inception FID, IS, KID",
     )
+
+    u = sub.add_parser(
+        "upscale",
+        help="upscale an image with a super-resolution run (srgan family)",
+        description="Upscale any image by the run's scale, tile by tile for large ones.",
+    )
+    u.add_argument("input", metavar="IN", help="image to upscale (.png, .jpg, ...)")
+    u.add_argument("--run", required=True, help="SRResNet / SRGAN run folder (or checkpoint)")
+    u.add_argument("--out", required=True, help="where to write the upscaled PNG/JPEG")
+    u.add_argument("--checkpoint", help="'last' (default), a step number, or a checkpoint path")
+    u.add_argument("--tile", type=int, default=128, help="LR tile size (default: 128)")
+    u.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    u.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
     sub.add_parser("list", help="list model families, losses and datasets")
     add_lab_parser(sub)
@@ -201,7 +236,13 @@ def cmd_train(args, extra: list[str]) -> int:
         print(f"last grid:   {summary.grid}")
     print(f"checkpoint:  {run_dir / 'checkpoints' / 'last.safetensors'}")
     print(f"tensorboard: tensorboard --logdir {run_dir.parent}")
-    print(f"sample:      gankit sample {run_dir} --n 64 --grid grid.png")
+    from gankit.models import MODELS
+
+    if hasattr(MODELS[cfg.model.family], "upscale"):
+        print(f"upscale:     gankit upscale IMAGE.png --run {run_dir} --out big.png")
+        print(f"evaluate:    gankit eval {run_dir}   # PSNR / SSIM against bicubic")
+    else:
+        print(f"sample:      gankit sample {run_dir} --n 64 --grid grid.png")
     return 0
 
 
@@ -224,25 +265,58 @@ def new_run_dir(runs_dir: Path, name: str | None, family: str, resumable: bool =
 
 
 def cmd_sample(args) -> int:
+    import torch
+
     from gankit.sample import Sampler, save_grid, save_npz
 
-    if not args.out and not args.grid:
-        raise GankitError("say where to write: --out FILE.npz and/or --grid FILE.png")
+    if not (args.out or args.grid or args.pyramid):
+        raise GankitError(
+            "say where to write: --out FILE.npz, --grid FILE.png or --pyramid FILE.png"
+        )
+    if args.interpolate and not args.grid:
+        raise GankitError("--interpolate draws a grid: add --grid FILE.png")
     if args.out and not args.out.endswith(".npz"):
         raise GankitError(f"--out must end in .npz, got {args.out!r}")
-    if args.grid and not args.grid.lower().endswith((".png", ".jpg", ".jpeg")):
-        raise GankitError(f"--grid must end in .png or .jpg, got {args.grid!r}")
+    for flag, path in (("--grid", args.grid), ("--pyramid", args.pyramid)):
+        if path and not path.lower().endswith((".png", ".jpg", ".jpeg")):
+            raise GankitError(f"{flag} must end in .png or .jpg, got {path!r}")
     if args.n < 1 or args.nrow < 1 or args.batch_size < 1:
         raise GankitError("--n, --nrow and --batch-size must be >= 1")
+    classes = parse_ints(args.classes, "--class")
     sampler = Sampler.load(args.run, args.checkpoint, args.device)
-    images = sampler.images(args.n, seed=args.seed, batch_size=args.batch_size)
+    levels = sampler.pyramid(8, args.seed, classes) if args.pyramid else None  # refused early
+    labels = sampler.labels(args.n, classes)
+    images = sampler.images(args.n, seed=args.seed, batch_size=args.batch_size, labels=labels)
     if args.out:
-        save_npz(args.out, images)
-        print(f"wrote {args.out}: images {tuple(images.shape)} uint8 (step {sampler.meta['step']})")
-    if args.grid:
-        save_grid(args.grid, images[: args.nrow * args.nrow], args.nrow)
+        arrays = {} if labels is None else {"labels": labels.numpy()}
+        save_npz(args.out, images, **arrays)
+        what = "images" if labels is None else "images and labels"
+        print(f"wrote {args.out}: {what} {tuple(images.shape)} uint8 (step {sampler.meta['step']})")
+    if args.pyramid:
+        save_grid(args.pyramid, levels, len(levels) // 8)
+        print(f"wrote {args.pyramid}: 8 samples, one column per pyramid level (coarse to fine)")
+    if args.interpolate:
+        rows = max(1, args.n // args.nrow)
+        save_grid(args.grid, sampler.interpolate(rows, args.nrow, seed=args.seed), args.nrow)
+        print(f"wrote {args.grid}: {rows} interpolations of {args.nrow} steps")
+    elif args.grid:
+        if labels is None:
+            save_grid(args.grid, images[: args.nrow * args.nrow], args.nrow)
+        else:  # one row per class
+            rows = [images[labels == c] for c in labels.unique_consecutive().tolist()]
+            per_row = min(args.nrow, *(len(r) for r in rows))
+            save_grid(args.grid, torch.cat([r[:per_row] for r in rows]), per_row)
         print(f"wrote {args.grid}")
     return 0
+
+
+def parse_ints(text: str | None, flag: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(t) for t in text.split(",")]
+    except ValueError:
+        raise GankitError(f"{flag} takes comma-separated integers, got {text!r}") from None
 
 
 def cmd_eval(args) -> int:
@@ -263,13 +337,15 @@ def cmd_eval(args) -> int:
             raise GankitError(
                 "--samples needs --data (the dataset the samples imitate, e.g. mnist)"
             )
-        fake = load_samples(args.samples)
+        fake, labels = load_samples(args.samples)  # labels: the classes a conditional G drew
         dataset, root, img_size, channels = args.data, args.data_root or "data", 0, 0
         record["samples"] = args.samples
     else:
         from gankit.sample import Sampler
 
         sampler = Sampler.load(args.run, args.checkpoint, args.device)
+        if hasattr(sampler.family, "upscale"):
+            return eval_super_resolution(args, sampler, record, say)
         data_cfg = sampler.meta["config"]["data"]
         dataset = args.data or data_cfg["dataset"]
         root = args.data_root or data_cfg["root"]
@@ -278,7 +354,8 @@ def cmd_eval(args) -> int:
         if n < 1:
             raise GankitError("--n must be >= 1")
         t0 = time.perf_counter()
-        fake = to_unit_range(sampler.images(n, seed=args.seed))
+        labels = sampler.labels(n)  # a conditional run draws every class equally
+        fake = to_unit_range(sampler.images(n, seed=args.seed, labels=labels))
         record |= {
             "step": sampler.meta["step"],
             "checkpoint": args.checkpoint or "last",
@@ -286,7 +363,7 @@ def cmd_eval(args) -> int:
         }
     t0 = time.perf_counter()
     evaluator = Evaluator(dataset, root, img_size, channels, device=args.device, log=say)
-    results = evaluator.score(fake, seed=args.seed)
+    results = evaluator.score(fake, seed=args.seed, labels=labels)
     if args.inception_weights:
         from gankit.metrics import inception_metrics
 
@@ -294,6 +371,15 @@ def cmd_eval(args) -> int:
             raise GankitError("Inception metrics are for images, not 2D points")
         device = str(resolve_device(args.device))
         results |= inception_metrics(fake, evaluator.real_images, args.inception_weights, device)
+    if args.run and hasattr(sampler.family, "log_likelihood"):
+        from gankit.evaluate import likelihood_metrics
+
+        if args.iw_k < 1:
+            raise GankitError("--iw-k must be >= 1")
+        say(f"held-out likelihood with k = {args.iw_k} importance samples per image")
+        results |= likelihood_metrics(
+            sampler.family, sampler.nets, dataset, root, img_size, channels, args.iw_k, args.seed
+        )
     record |= evaluator.info | {
         "n": len(fake),
         "eval_seconds": round(time.perf_counter() - t0, 2),
@@ -318,6 +404,71 @@ def cmd_eval(args) -> int:
         + (f", step {record['step']}" if "step" in record else "")
     )
     print(format_table(results))
+    return 0
+
+
+def eval_super_resolution(args, sampler, record: dict, say) -> int:
+    """PSNR / SSIM of bicubic and of the run's G on the held-out whole images."""
+    import json
+
+    from gankit.data import load_photos
+    from gankit.evaluate import append_jsonl, format_table
+
+    dataset = args.data or sampler.meta["config"]["data"]["dataset"]
+    scale = sampler.model_cfg.scale
+    photos = load_photos(dataset, "test")
+    say(f"x{scale} super-resolution of {len(photos)} held-out images of {dataset}")
+    t0 = time.perf_counter()
+    results = sampler.family.evaluate_sr(sampler.nets["G"], photos, scale, sampler.device)
+    record |= {
+        "step": sampler.meta["step"],
+        "checkpoint": args.checkpoint or "last",
+        "dataset": dataset,
+        "images": len(photos),
+        "eval_seconds": round(time.perf_counter() - t0, 2),
+        "metrics": results,
+    }
+    if Path(args.run).is_dir():
+        append_jsonl(Path(args.run) / "metrics.jsonl", record)
+    if args.json:
+        print(json.dumps(record))
+        return 0
+    print(f"Y channel, {scale}-pixel border cropped; step {record['step']}")
+    print(format_table(results))
+    return 0
+
+
+def cmd_upscale(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from gankit.sample import Sampler
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise GankitError(f"--out must end in .png or .jpg, got {args.out!r}")
+    if out.exists() and not args.force:
+        raise GankitError(f"{out} exists: pick another --out or pass --force")
+    if args.tile < 8:
+        raise GankitError("--tile must be >= 8")
+    sampler = Sampler.load(args.run, args.checkpoint, args.device)
+    if not hasattr(sampler.family, "upscale"):
+        raise GankitError(f"{args.run} is a {sampler.model_cfg.family} run, not super-resolution")
+    from gankit.data import read_rgb
+
+    if not Path(args.input).is_file():
+        raise GankitError(f"image {args.input} does not exist")
+    rgb = read_rgb(Path(args.input))
+    srgan, scale = sampler.family, sampler.model_cfg.scale
+    lr = srgan.to_tensor(rgb).to(sampler.device)
+    sr = srgan.to_rgb(srgan.upscale(sampler.nets["G"], lr, scale, tile=args.tile))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
+    Image.fromarray(np.ascontiguousarray(sr)).save(tmp)
+    tmp.replace(out)
+    print(
+        f"wrote {out}: {rgb.shape[1]} x {rgb.shape[0]} -> {sr.shape[1]} x {sr.shape[0]} (x{scale})"
+    )
     return 0
 
 
@@ -410,17 +561,33 @@ def parse_floats(text: str | None, flag: str) -> list[float] | None:
 
 
 def cmd_list() -> int:
+    from gankit.augment import AUGMENTATIONS
     from gankit.data import DATASETS
     from gankit.losses import GAN_LOSSES
     from gankit.models import MODELS
+    from gankit.models.layers import CONDITIONINGS
 
-    print("families: " + ", ".join(MODELS))
-    print("losses:   " + ", ".join(GAN_LOSSES))
-    print("datasets: " + ", ".join(DATASETS))
-    configs = sorted(Path("configs").glob("*.yaml"))
+    print("families:     " + ", ".join(MODELS))
+    print("losses:       " + ", ".join(GAN_LOSSES))
+    print("conditioning: " + ", ".join(CONDITIONINGS) + "  (--model.cond)")
+    print("augment:      " + ", ".join(AUGMENTATIONS) + "  (--augment, DiffAugment)")
+    print("datasets:     " + ", ".join(DATASETS))
+    folder = Path("configs")
+    if not folder.is_dir():  # an editable install run from elsewhere: the checkout's presets
+        folder = Path(__file__).resolve().parents[2] / "configs"
+    configs = sorted(folder.glob("*.yaml"))
     if configs:
-        print("presets:  " + ", ".join(str(p) for p in configs))
+        print("presets (gankit train --config FILE):")
+        for path in configs:
+            print(f"  {str(path):<32} {_first_comment(path)}")
     return 0
+
+
+def _first_comment(path: Path) -> str:
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -437,6 +604,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_eval(args)
         if args.command == "lab":
             return cmd_lab(args)
+        if args.command == "upscale":
+            return cmd_upscale(args)
         return cmd_list()
     except GankitError as e:
         print(f"gankit: error: {e}", file=sys.stderr)

@@ -24,9 +24,10 @@ from typing import Any
 
 import yaml
 
+from gankit.augment import parse_policy
 from gankit.errors import GankitError
 from gankit.losses import GAN_LOSSES
-from gankit.models import MODELS
+from gankit.models import MODELS, is_adversarial
 
 
 @dataclass
@@ -43,16 +44,23 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 12000  # generator updates; each consumes d_steps real batches
+    steps: int = 12000  # generator updates; each consumes n_critic real batches
     batch_size: int = 64  # images per batch
-    loss: str = "non-saturating"  # see gankit.losses.GAN_LOSSES
+    loss: str = "non-saturating"  # non-saturating | minimax | lsgan | hinge | wgan-gp
     lr_g: float = 2e-4  # Adam learning rate of G
     lr_d: float = 2e-4  # Adam learning rate of D
     beta1: float = 0.5  # Adam beta1 (0.5 as in DCGAN; 0.9 is Adam's default)
     beta2: float = 0.999  # Adam beta2
-    d_steps: int = 1  # D updates per G update
+    n_critic: int = 1  # D updates per G update (WGAN-GP: 5)
     d_warmup: int = 0  # steps at the start in which only D trains
     label_smoothing: float = 0.0  # one-sided: D's target for reals is 1 - label_smoothing
+    gp_weight: float = 10.0  # lambda of WGAN-GP's gradient penalty (loss wgan-gp only)
+    r1: float = 0.0  # gamma of the R1 penalty gamma/2 * E|grad D(x)|^2 on reals; 0 = off
+    aux_weight: float = 1.0  # weight of ACGAN's class loss (model.cond acgan only)
+    aux_fakes: bool = True  # ACGAN: D's class loss also on fakes (the paper); false = reals only
+    ema: float = 0.0  # decay of a moving average of G's weights used to sample; 0 = off
+    augment: str = ""  # DiffAugment policy, e.g. "color,translation,cutout"; "" = off
+    instance_noise: float = 0.0  # std of noise added to D's inputs, annealed to 0; 0 = off
     seed: int = 0  # seeds weights, batches, noise and dropout
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     log_every: int = 50  # steps between scalar logs (TensorBoard, progress bar)
@@ -74,7 +82,7 @@ class TrainConfig:
         positive = (
             "steps",
             "batch_size",
-            "d_steps",
+            "n_critic",
             "log_every",
             "sample_every",
             "ckpt_every",
@@ -93,6 +101,11 @@ class TrainConfig:
             raise ValueError(f"eval_n must be >= 2, got {self.eval_n}")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if min(self.gp_weight, self.r1, self.aux_weight, self.instance_noise) < 0:
+            raise ValueError("gp_weight, r1, aux_weight and instance_noise must be >= 0")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1) (e.g. 0.999), got {self.ema}")
+        parse_policy(self.augment)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
@@ -149,7 +162,36 @@ def from_dict(d: dict | None) -> Config:
             sections[name] = cls(**kwargs)
         except ValueError as e:
             raise GankitError(f"bad config value in {name}: {e}") from None
-    return Config(**sections)
+    cfg = Config(**sections)
+    check_combination(cfg)
+    return cfg
+
+
+def check_combination(cfg: Config) -> None:
+    """Refuse settings that are each valid but make no sense together."""
+    t, m = cfg.train, cfg.model
+    family_check = getattr(MODELS[m.family], "check", None)  # a family's own refusals
+    if family_check:
+        family_check(m, t)
+    if not is_adversarial(MODELS[m.family]):
+        return
+    loss = GAN_LOSSES[t.loss]
+    batchnorm_d = getattr(m, "d_norm", "none") == "batch"
+    if batchnorm_d and (loss.gradient_penalty or t.r1):
+        what = "wgan-gp's gradient penalty" if loss.gradient_penalty else "the R1 penalty"
+        raise GankitError(
+            f"{what} needs a critic without BatchNorm (it mixes the samples whose gradients "
+            f"are penalised): set --model.d-norm layer, instance or none"
+        )
+    if t.label_smoothing and not loss.smoothing:
+        raise GankitError(
+            f"label_smoothing has no meaning for the {t.loss} loss: use it with "
+            f"non-saturating, minimax or lsgan"
+        )
+    if (t.aux_weight != 1.0 or not t.aux_fakes) and getattr(m, "cond", "none") != "acgan":
+        raise GankitError(
+            "aux_weight and aux_fakes shape ACGAN's class loss: set --model.cond acgan"
+        )
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

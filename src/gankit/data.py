@@ -30,12 +30,23 @@ DATASETS = (
     "stacked-mnist",
     "ring",
     "grid",
+    "photos",
     "folder:PATH",
+    "patches:PATH",
     "npz:PATH",
 )
 STACKED_SIZE = {"train": 25_000, "test": 10_000}  # stacked images drawn from the MNIST split
 POINTS_SIZE = 100_000  # samples drawn from a 2D mixture (ring, grid)
 FOLDER_DEFAULT_SIZE = 64
+PATCHES = {"train": 8192, "test": 1024}  # random crops drawn per split (photos, patches:PATH)
+# The real photographs bundled with scikit-image and scikit-learn, split by whole image.
+PHOTOS = {
+    "train": (
+        "astronaut", "rocket", "stereo_motorcycle", "hubble_deep_field", "immunohistochemistry",
+        "retina", "coins", "brick", "grass", "clock", "china", "gravel",
+    ),
+    "test": ("chelsea", "coffee", "camera", "flower", "moon", "page"),
+}  # fmt: skip
 
 
 @dataclass
@@ -110,6 +121,8 @@ def make_dataset(
         )
     elif spec.startswith("npz:"):
         ds = _npz(Path(spec[len("npz:") :]).expanduser())
+    elif spec == "photos" or spec.startswith("patches:"):
+        return _patches(spec, img_size or FOLDER_DEFAULT_SIZE, split)
     else:
         raise GankitError(f"unknown dataset {spec!r}: choose one of {', '.join(DATASETS)}")
     if ds is None:
@@ -285,6 +298,62 @@ def _npz(path: Path) -> Dataset:
         source=f"{len(images)} images from {path}",
         classes=classes,
     )
+
+
+def load_photos(spec: str, split: str = "train") -> list[np.ndarray]:
+    """Whole RGB images, (H, W, 3) uint8, for super-resolution: `photos` (the photographs
+    bundled with scikit-image and scikit-learn, split by PHOTOS) or `patches:PATH` /
+    `folder:PATH` (every image below PATH, sorted; every fifth one is held out as "test")."""
+    if spec == "photos":
+        return [_bundled_photo(name) for name in PHOTOS[split]]
+    path = Path(spec.split(":", 1)[1]).expanduser()
+    if not path.is_dir():
+        raise GankitError(f"image folder {path} does not exist")
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = [p for i, p in enumerate(files) if (i % 5 == 4) == (split == "test")]
+    if not files:
+        raise GankitError(f"no {split} images in {path} (every fifth image is held out)")
+    return [read_rgb(p) for p in files]
+
+
+def _bundled_photo(name: str) -> np.ndarray:
+    if name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image
+
+        return load_sample_image(f"{name}.jpg")
+    import skimage.data
+
+    image = getattr(skimage.data, name)()
+    image = image[0] if isinstance(image, tuple) else image  # stereo pairs: the left view
+    return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise GankitError(f"cannot read image {path}: {e}") from None
+
+
+def _patches(spec: str, size: int, split: str) -> Dataset:
+    """PATCHES[split] random size x size crops of the split's whole images (fixed seed)."""
+    photos = [p for p in load_photos(spec, split) if min(p.shape[:2]) >= size]
+    if not photos:
+        raise GankitError(f"no {split} image of {spec} is at least {size} x {size} pixels")
+    gen = torch.Generator().manual_seed(0 if split == "train" else 1)
+    which = torch.randint(len(photos), (PATCHES[split],), generator=gen).tolist()
+    crops = []
+    for i in which:
+        h, w = photos[i].shape[:2]
+        y = int(torch.randint(h - size + 1, (1,), generator=gen))
+        x = int(torch.randint(w - size + 1, (1,), generator=gen))
+        crops.append(photos[i][y : y + size, x : x + size])
+    images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
+    source = f"{len(crops)} random {size} x {size} crops of {len(photos)} {split} images of {spec}"
+    return Dataset(to_unit_range(images), None, spec, source)
 
 
 def _reshape(ds: Dataset, img_size: int, channels: int) -> Dataset:

@@ -28,6 +28,9 @@ HIGHER_IS_BETTER = {
     "modes",
     "high_quality",
     "is_inception",
+    "label_accuracy",
+    "label_accuracy_min",
+    "test_elbo",
 }
 
 
@@ -46,15 +49,17 @@ def lower_is_better(key: str) -> bool:
     return key not in HIGHER_IS_BETTER
 
 
-def load_samples(path: str | Path) -> torch.Tensor:
-    """Samples from .npz (key `images`, as `gankit sample --out` writes) or .npy.
+def load_samples(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(samples, labels or None) from .npz (keys `images`, optional `labels`, as `gankit
+    sample --out` writes) or .npy.
 
     Images (N, C, H, W) come back in [-1, 1]; (N, 2) points come back unscaled.
     """
-    x, _ = read_array_file(Path(path), "samples file")
+    x, labels = read_array_file(Path(path), "samples file")
+    labels = None if labels is None else torch.as_tensor(labels, dtype=torch.int64)
     if x.ndim == 2:
-        return torch.as_tensor(x, dtype=torch.float32)
-    return to_unit_range(x)
+        return torch.as_tensor(x, dtype=torch.float32), labels
+    return to_unit_range(x), labels
 
 
 class Evaluator:
@@ -123,8 +128,11 @@ class Evaluator:
             "classifier_accuracy": self.classifier.accuracy,
         }
 
-    def score(self, fake: torch.Tensor, seed: int = 0) -> dict[str, float]:
-        """Metrics of fake samples: images (N, C, H, W) in [-1, 1], or (N, 2) points for 2D targets."""
+    def score(
+        self, fake: torch.Tensor, seed: int = 0, labels: torch.Tensor | None = None
+    ) -> dict[str, float]:
+        """Metrics of fake samples: images (N, C, H, W) in [-1, 1], or (N, 2) points for 2D targets.
+        `labels`: the classes a conditional generator drew the images for."""
         if self.target is not None:
             if fake.ndim != 2 or fake.shape[1] != 2:
                 raise GankitError(
@@ -145,7 +153,20 @@ class Evaluator:
             raise GankitError(
                 f"samples are {tuple(fake.shape[1:])} but {self.dataset} images are {tuple(self.real_shape)}"
             )
-        return metrics.evaluate_images(fake, self.real, self.classifier, seed=seed)
+        if labels is not None and len(labels) != len(fake):
+            raise GankitError(f"{len(labels)} labels for {len(fake)} samples")
+        return metrics.evaluate_images(fake, self.real, self.classifier, seed=seed, labels=labels)
+
+
+def likelihood_metrics(
+    family, nets, dataset: str, root, img_size: int, channels: int, k: int, seed: int = 0
+) -> dict[str, float]:
+    """A likelihood model's held-out ELBO and importance-weighted NLL, nats per image."""
+    test = make_dataset(dataset, root, img_size, channels, split="test")
+    device = next(nets["G"].parameters()).device
+    gen = torch.Generator(device).manual_seed(seed)
+    elbo, iw = family.log_likelihood(nets, test.images.to(device), k=k, generator=gen)
+    return {"test_elbo": elbo.mean().item(), "nll_iw": -iw.mean().item()}
 
 
 def format_table(results: dict[str, float]) -> str:

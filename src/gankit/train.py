@@ -18,7 +18,7 @@ import random
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +26,14 @@ import torch
 from torchvision.utils import save_image
 
 from gankit import checkpoint as ckpt
+from gankit.augment import parse_policy
 from gankit.config import Config, save_config
 from gankit.data import BatchSampler, make_dataset, to_uint8, to_unit_range
 from gankit.device import resolve_device
 from gankit.errors import GankitError
 from gankit.evaluate import Evaluator, append_jsonl, lower_is_better, timestamp
-from gankit.models import MODELS
+from gankit.game import GameSettings, add_ema, make_optimizers, sampling_nets
+from gankit.models import MODELS, is_conditional
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -91,6 +93,13 @@ def train(
             f"it; score (N, 2) samples with gankit eval --samples FILE.npy --data {cfg.data.dataset}"
         )
     images = data.images.to(device)
+    conditional = is_conditional(cfg.model)
+    if conditional and data.labels is None:
+        raise GankitError(
+            f"model.cond {cfg.model.cond!r} needs labels, and {cfg.data.dataset!r} has none "
+            f"(an image folder gets labels from its subfolders)"
+        )
+    labels = data.labels.to(device) if conditional else None
     evaluator = best_key = None
     if t.eval_every:
         # Before seeding, so that training a classifier the first time never shifts the run's RNG.
@@ -100,6 +109,10 @@ def train(
         )
         best_key = evaluator.resolve_key(t.best_metric)
 
+    content_net = None
+    if hasattr(family, "content_network"):  # before seeding, like the evaluator's classifier
+        content_net = family.content_network(cfg.model, data, device, log)
+
     # Seed everything a run touches, then build: weights come from the global torch RNG.
     torch.manual_seed(t.seed)
     np.random.seed(t.seed)
@@ -108,12 +121,23 @@ def train(
         k: v.to(device)
         for k, v in family.build(cfg.model, data.img_shape, data.num_classes).items()
     }
-    opts = _optimizers(nets, cfg)
+    if hasattr(family, "initialize"):
+        family.initialize(cfg.model, nets, log)
+    if t.ema:
+        nets = add_ema(nets, t.ema)
+    # D, D0, D1...: the discriminators' rate; G, E (a VAE's encoder), G0...: the generators'.
+    lr = {k: t.lr_d if k.startswith("D") else t.lr_g for k in nets if k != "G_ema"}
+    opts = make_optimizers(nets, lr, (t.beta1, t.beta2))
     sampler = BatchSampler(len(data), t.batch_size, t.seed)
     noise_gen = torch.Generator(device).manual_seed(t.seed + 1)
-    fixed_z = family.noise(
-        cfg.model, t.n_fixed, torch.Generator(device).manual_seed(t.seed + 2), device
-    )
+    if hasattr(family, "fixed_inputs"):  # e.g. SRGAN: low-resolution patches, not noise
+        fixed_z = family.fixed_inputs(cfg.model, data, t.n_fixed, device)
+    else:
+        fixed_z = family.noise(
+            cfg.model, t.n_fixed, torch.Generator(device).manual_seed(t.seed + 2), device
+        )
+    # Conditional grids show one class per row.
+    fixed_labels = grid_labels(t.n_fixed, data.num_classes, device) if conditional else None
 
     start, best = 0, None  # best: {"metric", "value", "step"} of checkpoints/best
     if resume:
@@ -140,12 +164,24 @@ def train(
     def z_fn(n: int) -> torch.Tensor:
         return family.noise(cfg.model, n, noise_gen, device)
 
-    def draw() -> torch.Tensor:
-        return images[sampler.next().to(device)]
+    def draw() -> tuple[torch.Tensor, torch.Tensor | None]:
+        idx = sampler.next().to(device)
+        return images[idx], labels[idx] if conditional else None
 
     def meta(step: int) -> tuple[dict, dict]:
         m, extra = _state(cfg, data, step, sampler, noise_gen, fixed_z)
         return m | {"best": best}, extra
+
+    game = GameSettings(
+        loss=t.loss,
+        real_target=1.0 - t.label_smoothing,
+        gp_weight=t.gp_weight,
+        r1=t.r1,
+        aux_weight=t.aux_weight,
+        aux_fakes=t.aux_fakes,
+        augment=parse_policy(t.augment),
+        content_net=content_net,
+    )
 
     for net in nets.values():
         net.train()
@@ -165,10 +201,10 @@ def train(
     t0, scalars, grid, step = time.perf_counter(), {}, None, start
     with _StopFlag() as stop:
         while step < t.steps and not stop.requested:
-            reals = [draw() for _ in range(t.d_steps)]
-            out = family.step(
-                nets, opts, reals, z_fn, t.loss, 1.0 - t.label_smoothing, train_g=step >= t.d_warmup
-            )
+            batches = [draw() for _ in range(t.n_critic)]
+            if t.instance_noise:  # annealed linearly to 0 over the run
+                game = replace(game, instance_noise=t.instance_noise * (1 - step / t.steps))
+            out = family.step(nets, opts, batches, z_fn, game, train_g=step >= t.d_warmup)
             step += 1
             for k, v in out.items():  # running sums stay on the device: no sync per step
                 window[k] = window.get(k, 0) + v
@@ -178,19 +214,19 @@ def train(
                 now = time.perf_counter()
                 scalars = {k: float(v) / window_n for k, v in window.items()}
                 scalars["perf/images_per_s"] = (
-                    window_n * t.batch_size * t.d_steps / (now - window_t)
+                    window_n * t.batch_size * t.n_critic / (now - window_t)
                 )
                 for k, v in scalars.items():
                     writer.add_scalar(k, v, step)
                 bar.set_postfix_str(_postfix(scalars, sampler.epochs_done), refresh=False)
                 window, window_n, window_t = {}, 0, now
             if step % t.sample_every == 0 or step == t.steps:
-                fakes = fixed_noise_images(family, nets, fixed_z)
+                fakes = fixed_noise_images(family, nets, fixed_z, fixed_labels)
                 grid = samples_dir / f"step-{step:08d}.png"
                 save_image(fakes, grid, nrow=_nrow(fakes.shape[0]))
                 writer.add_images("samples/fixed_noise", fakes, step)
             if evaluator and (step % t.eval_every == 0 or step == t.steps):
-                results = _evaluate(family, cfg, nets, evaluator, device)
+                results = _evaluate(family, cfg, nets, evaluator, data.num_classes, device)
                 for k, v in results.items():
                     writer.add_scalar(f"metrics/{k}", v, step)
                 append_jsonl(
@@ -229,27 +265,31 @@ def train(
         step,
         sampler.epochs_done,
         seconds,
-        done * t.batch_size * t.d_steps / max(seconds, 1e-9),
+        done * t.batch_size * t.n_critic / max(seconds, 1e-9),
         scalars,
         grid,
     )
 
 
-def _evaluate(family, cfg: Config, nets, evaluator, device) -> dict[str, float]:
+def _evaluate(family, cfg: Config, nets, evaluator, num_classes, device) -> dict[str, float]:
     """Metrics of eval_n fresh samples. Always the same latents (seeded from the run's seed),
-    G in eval mode, and no draw from the training RNGs, so evaluating never changes training."""
+    G in eval mode, and no draw from the training RNGs, so evaluating never changes training.
+    A conditional G draws the classes in turn."""
     t = cfg.train
     z = family.noise(cfg.model, t.eval_n, torch.Generator().manual_seed(t.seed + 3), "cpu")
-    fakes = torch.cat([fixed_noise_images(family, nets, zb.to(device)) for zb in z.split(500)])
+    y = torch.arange(t.eval_n) % num_classes if is_conditional(cfg.model) else None
+    chunks = []
+    for i in range(0, t.eval_n, 500):
+        yb = None if y is None else y[i : i + 500].to(device)
+        chunks.append(fixed_noise_images(family, nets, z[i : i + 500].to(device), yb))
+    fakes = torch.cat(chunks)
     fakes = to_unit_range(to_uint8(fakes * 2 - 1))  # quantised like saved samples and real images
-    return evaluator.score(fakes, seed=t.seed)
+    return evaluator.score(fakes, seed=t.seed, labels=y)
 
 
-def _optimizers(nets, cfg: Config) -> dict:
-    from gankit.game import make_optimizers
-
-    lr = {"G": cfg.train.lr_g, "D": cfg.train.lr_d}
-    return make_optimizers(nets, lr, (cfg.train.beta1, cfg.train.beta2))
+def grid_labels(n: int, num_classes: int, device) -> torch.Tensor:
+    """Labels for an n-image grid of round(sqrt(n)) columns: row r shows class r mod K."""
+    return (torch.arange(n, device=device) // _nrow(n)) % num_classes
 
 
 def _nrow(n: int) -> int:
@@ -265,13 +305,14 @@ def _postfix(s: dict[str, float], epoch: float) -> str:
 
 
 @torch.no_grad()
-def fixed_noise_images(family, nets, fixed_z) -> torch.Tensor:
+def fixed_noise_images(family, nets, fixed_z, fixed_labels=None) -> torch.Tensor:
     """Images from the fixed noise in [0, 1], with every network in eval mode (BatchNorm uses
-    its running statistics and the RNG is not touched, so logging never changes training)."""
+    its running statistics and the RNG is not touched, so logging never changes training).
+    G's moving average draws them when the run keeps one."""
     modes = {k: n.training for k, n in nets.items()}
     for n in nets.values():
         n.eval()
-    x = family.generate(nets, fixed_z).float().cpu() * 0.5 + 0.5
+    x = family.generate(sampling_nets(nets), fixed_z, fixed_labels).float().cpu() * 0.5 + 0.5
     for k, n in nets.items():
         n.train(modes[k])
     return x.clamp(0, 1)

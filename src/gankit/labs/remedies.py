@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from gankit.losses import GAN_LOSSES
+from gankit.losses import GAN_LOSSES, d_loss_wasserstein, g_loss_score, gradient_penalty
 
 # Settings on top of Lab2DConfig's defaults; a user's explicit options override them.
 # WGAN-GP and unrolled steps cost ~5x and ~8x a plain step, hence fewer of them.
@@ -42,31 +42,6 @@ REMEDIES: dict[str, dict] = {
     "pacgan-drs": {"pack": 4, "n_critic": 3, "d_width": 256, "steps": 4000, "drs": 2000},
 }
 BEST = "pacgan-drs"  # the remedy `gankit lab 2d` uses when none is named ("best")
-
-
-# ---- WGAN-GP: pure functions on critic scores ------------------------------------------
-
-
-def wgan_d_loss(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
-    """The critic minimises E[f(fake)] - E[f(real)], i.e. maximises the Wasserstein estimate."""
-    return fake_scores.mean() - real_scores.mean()
-
-
-def wgan_g_loss(fake_scores: Tensor) -> Tensor:
-    return -fake_scores.mean()
-
-
-def gradient_penalty(D: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, eps: Tensor):
-    """E[(||grad_x D(x_hat)|| - 1)^2] at x_hat = eps * real + (1 - eps) * fake.
-
-    real, fake: (N, dim); eps: (N, 1) in [0, 1]. The norm is taken per D input, i.e.
-    over a whole pack when D packs samples.
-    """
-    x_hat = (eps * real + (1 - eps) * fake.detach()).requires_grad_(True)  # (N, dim)
-    scores = D(x_hat)  # (N / pack,)
-    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)  # (N, dim)
-    per_input = grad.reshape(len(scores), -1).norm(dim=1)  # (N / pack,)
-    return ((per_input - 1) ** 2).mean()
 
 
 # ---- unrolled D ---------------------------------------------------------------------------
@@ -135,7 +110,9 @@ def game_step(
         f = D if params is None else (lambda x: functional_call(D, params, (x,)))
         if loss == "wgan-gp":
             eps = torch.rand(len(real), 1, generator=generator)
-            return wgan_d_loss(f(real), f(fake)) + gp_weight * gradient_penalty(f, real, fake, eps)
+            return d_loss_wasserstein(f(real), f(fake)) + gp_weight * gradient_penalty(
+                f, real, fake, eps
+            )
         return bce.d(f(real), f(fake))
 
     # ---- D: minimise d_loss with G fixed
@@ -157,7 +134,7 @@ def game_step(
         scores = functional_call(D, params, (fake,))
     else:
         scores = D(fake)
-    l_g = wgan_g_loss(scores) if loss == "wgan-gp" else bce.g(scores)
+    l_g = g_loss_score(scores) if loss == "wgan-gp" else bce.g(scores)
     opt_g.zero_grad(set_to_none=True)
     l_g.backward()
     opt_g.step()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from gankit.errors import GankitError
-from gankit.metrics.classes import class_coverage, label_distribution
+from gankit.metrics.classes import class_coverage, label_accuracy, label_distribution
 from gankit.metrics.features import Classifier, FeatureExtractor, classifier_for
 from gankit.metrics.frechet import fd_features, frechet_distance, gaussian_stats
 from gankit.metrics.inception import inception_metrics
@@ -105,6 +105,14 @@ DESCRIPTIONS: dict[str, str] = {
     "class_kl": "KL(sample label dist || data label dist): piling on few classes (lower is better)",
     "classes_missing": "classes generated at under half their data frequency (lower is better)",
     "confidence": "mean top class probability: how recognisable the samples are (higher is better)",
+    "label_accuracy": "conditional runs: share of samples classified as the asked-for label",
+    "label_accuracy_min": "conditional runs: label_accuracy of the worst class (higher is better)",
+    "psnr_y": "super-resolution: PSNR in dB on the Y channel, border cropped (higher is better)",
+    "ssim_y": "super-resolution: SSIM on the Y channel, border cropped (higher is better)",
+    "bicubic_psnr_y": "the bicubic baseline's PSNR on the same images (dB)",
+    "bicubic_ssim_y": "the bicubic baseline's SSIM on the same images",
+    "test_elbo": "likelihood models: held-out ELBO, nats per image (higher is better)",
+    "nll_iw": "likelihood models: importance-weighted -log p(x), nats per image (lower is better)",
     "stacked_modes": "Stacked MNIST modes hit, of 1,000 (higher is better)",
     "stacked_kl": "KL(mode histogram || uniform over 1,000), in nats (lower is better)",
     "modes": "2D mixture modes with at least one sample within 3 std (higher is better)",
@@ -152,8 +160,12 @@ def evaluate_images(
     n: int | None = None,
     metrics: tuple[str, ...] = tuple(METRICS),
     seed: int = 0,
+    labels: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Score fake images (N, C, H, W) in [-1, 1] against real ones (the held-out split).
+
+    `labels` (N,), for samples of a conditional generator: the classes they were
+    drawn for, which adds label_accuracy and label_accuracy_min.
 
     `n` uses a seeded random n of the fakes (None = all). `real` may be the
     images or their precomputed `extract(real, classifier)`, which a training loop
@@ -167,8 +179,13 @@ def evaluate_images(
     if n is not None and n < len(fake):
         idx = torch.randperm(len(fake), generator=torch.Generator().manual_seed(seed))[:n]
         fake = fake[idx]
+        labels = labels[idx] if labels is not None else None
     real_features = real if isinstance(real, Features) else extract(real, classifier)
-    return evaluate_features(extract(fake, classifier), real_features, metrics, seed)
+    fake_features = extract(fake, classifier)
+    results = evaluate_features(fake_features, real_features, metrics, seed)
+    if labels is not None:
+        results |= label_accuracy(fake_features.probs, labels)
+    return results
 
 
 __all__ = [
@@ -188,6 +205,7 @@ __all__ = [
     "gaussian_stats",
     "inception_metrics",
     "kid",
+    "label_accuracy",
     "mixture_metrics",
     "prdc",
     "stack_digits",

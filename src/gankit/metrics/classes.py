@@ -53,3 +53,14 @@ def class_coverage(fake_probs: torch.Tensor, data_freq: torch.Tensor) -> dict[st
         "classes_missing": float((p_sample < 0.5 * p_data).sum().item()),
         "confidence": fake_probs.max(1).values.float().mean().item(),
     }
+
+
+def label_accuracy(fake_probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """How often a conditional generator makes the class it was asked for.
+
+    - label_accuracy: share of samples the classifier assigns to their conditioning label.
+    - label_accuracy_min: the same share in the worst class.
+    """
+    hits = (fake_probs.argmax(1) == labels.cpu()).double()  # (N,)
+    per_class = [hits[labels.cpu() == k].mean().item() for k in labels.unique().tolist()]
+    return {"label_accuracy": hits.mean().item(), "label_accuracy_min": min(per_class)}

@@ -32,11 +32,11 @@ class _UInt8Images(torch.utils.data.Dataset):
         return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
 
 
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+def load_weights(path: str | Path, what: str = "Inception weights") -> dict[str, torch.Tensor]:
     """A state dict from .safetensors or a torch file holding only tensors (no arbitrary unpickling)."""
     path = Path(path)
     if not path.is_file():
-        raise GankitError(f"Inception weights file {path} does not exist")
+        raise GankitError(f"{what} file {path} does not exist")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -45,11 +45,9 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any failure to parse is the user's file, not our bug
-        raise GankitError(
-            f"cannot read Inception weights {path}: {str(e).splitlines()[0]}"
-        ) from None
+        raise GankitError(f"cannot read {what} {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise GankitError(f"Inception weights {path} are not a state dict of tensors")
+        raise GankitError(f"{what} {path} are not a state dict of tensors")
     return state
 
 

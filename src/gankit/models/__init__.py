@@ -3,12 +3,35 @@
 Config                                  a dataclass of the family's options
 build(cfg, img_shape, num_classes)      -> {"G": ..., "D": ...} networks
 noise(cfg, n, generator, device)        -> latents for n samples
-generate(nets, z)                       -> images in [-1, 1]
+generate(nets, z, labels=None)          -> images in [-1, 1]
 step(...)                               one training step (see gankit.game)
+
+A conditional model (its Config's `cond` is not "none") takes labels in
+`generate`; `is_conditional` says which. Optional hooks a family may define:
+
+check(model_cfg, train_cfg)             refuse options that do not apply to it
+content_network(cfg, data, device, log) a frozen network its loss needs (SRGAN)
+initialize(cfg, nets, log)              start from another run's weights (SRGAN)
+fixed_inputs(cfg, data, n, device)      what the progress grids feed G, instead of noise
+upscale / log_likelihood / pyramid_samples: what `gankit upscale`, the VAE's
+likelihood in `gankit eval` and `gankit sample --pyramid` use
 """
 
-from gankit.models import mlp
+from gankit.models import dcgan, lapgan, mlp, srgan, vae
 
 MODELS = {
     "mlp": mlp,
+    "dcgan": dcgan,
+    "lapgan": lapgan,
+    "srgan": srgan,
+    "vae": vae,
 }
+
+
+def is_conditional(model_cfg) -> bool:
+    return getattr(model_cfg, "cond", "none") != "none"
+
+
+def is_adversarial(family) -> bool:
+    """Trained by the D/G game (every GAN), or by its own objective (the VAE)."""
+    return getattr(family, "ADVERSARIAL", True)

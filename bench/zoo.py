@@ -1,0 +1,118 @@
+"""The model zoo: train every MNIST preset for its preset length, then score it.
+
+Each `configs/*-mnist.yaml` is trained on the bundled digits exactly as
+`gankit train --config` would (same code path, one run after the other so that
+timings are not shared), then 10,000 samples (1,000 per class for conditional
+presets) are scored by `gankit eval`'s metrics against the 1,000 held-out digits.
+
+    python bench/zoo.py [--presets dcgan-mnist,cgan-mnist] [--steps N] [--runs-dir DIR]
+                        [--n 10000] [--log zoo.jsonl]
+
+Prints a Markdown table: steps, wall time, images/s, FD and KID in MnistNet
+features, precision/recall/coverage, class KL and, for conditional presets, the
+share of samples classified as the class they were drawn for (mean and worst class).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from gankit.config import load_config
+from gankit.data import to_unit_range
+from gankit.evaluate import Evaluator
+from gankit.models import MODELS, is_adversarial
+from gankit.sample import Sampler
+from gankit.train import train
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def run_preset(path: Path, runs_dir: Path, steps: int | None, n: int) -> dict:
+    overrides = {"steps": str(steps)} if steps else {}
+    cfg = load_config(path, overrides | {"device": "cpu"})
+    run_dir = runs_dir / path.stem
+    if run_dir.exists():
+        raise SystemExit(f"zoo: {run_dir} exists; pick another --runs-dir")
+    t0 = time.perf_counter()
+    summary = train(cfg, run_dir, progress=False, log=lambda *a: None)
+    wall = time.perf_counter() - t0
+    sampler = Sampler.load(run_dir, device="cpu")
+    labels = sampler.labels(n)  # conditional: the classes in equal blocks of n / 10
+    fake = to_unit_range(sampler.images(n, seed=0, labels=labels))
+    d = cfg.data
+    evaluator = Evaluator(d.dataset, d.root, d.img_size, d.channels, log=lambda *a: None)
+    metrics = evaluator.score(fake, seed=0, labels=labels)
+    return {
+        "preset": path.stem,
+        "family": cfg.model.family,
+        "loss": cfg.train.loss if is_adversarial(MODELS[cfg.model.family]) else "-ELBO",
+        "steps": summary.step,
+        "train_s": round(summary.seconds, 1),
+        "wall_s": round(wall, 1),
+        "images_per_s": round(summary.images_per_s),
+        "metrics": metrics,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    out = [
+        "| preset | family | loss | steps | wall | img/s | FD | KID | precision | recall "
+        "| coverage | class KL | label acc (worst class) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        m = r["metrics"]
+        acc = (
+            f"{m['label_accuracy']:.3f} ({m['label_accuracy_min']:.3f})"
+            if "label_accuracy" in m
+            else "-"
+        )
+        out.append(
+            f"| {r['preset']} | {r['family']} | {r['loss']} | {r['steps']} "
+            f"| {r['wall_s'] / 60:.1f} min | {r['images_per_s']:,} | {m['fd_mnistnet']:.1f} "
+            f"| {m['kid_mnistnet']:.1f} | {m['precision']:.3f} | {m['recall']:.3f} "
+            f"| {m['coverage']:.3f} | {m['class_kl']:.4f} | {acc} |"
+        )
+    return "\n".join(out)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--presets", help="comma-separated preset names (default: every *-mnist one)")
+    p.add_argument("--steps", type=int, help="override every preset's length (quick checks)")
+    p.add_argument("--runs-dir", help="keep the runs here (default: a temporary folder)")
+    p.add_argument("--n", type=int, default=10_000, help="samples scored per preset")
+    p.add_argument("--log", help="also append each preset's results to this JSON-lines file")
+    args = p.parse_args()
+    names = args.presets.split(",") if args.presets else None
+    paths = sorted(CONFIGS.glob("*-mnist.yaml"))
+    if names:
+        paths = [CONFIGS / f"{name}.yaml" for name in names]
+        missing = [q.stem for q in paths if not q.is_file()]
+        if missing:
+            print(f"zoo: no preset {missing[0]} in {CONFIGS}", file=sys.stderr)
+            return 2
+    print(f"{len(paths)} presets, {torch.get_num_threads()} threads, scoring {args.n} samples each")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        runs_dir = Path(args.runs_dir or tmp)
+        for path in paths:
+            row = run_preset(path, runs_dir, args.steps, args.n)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if args.log:
+                with open(args.log, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Pieces the image families share: how labels enter G and D, spectral norm, D's norms.
+
+Conditioning (Mirza & Osindero 2014), chosen by a family's `cond` field:
+
+    none        unconditional
+    concat      D sees the label next to the image (a one-hot vector or label planes)
+    projection  D's logit gains <embed(y), h(x)> (Miyato & Koyama 2018)
+    acgan       D also predicts the class; both players add its cross-entropy (Odena et al. 2017)
+
+G always takes the label through an embedding concatenated to z.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gankit.errors import GankitError
+
+CONDITIONINGS = ("none", "concat", "projection", "acgan")
+D_NORMS = ("batch", "layer", "instance", "none")
+
+
+def label_count(cond: str, num_classes: int) -> int:
+    """The classes a model conditions on: 0 when unconditional. Refuses a conditional
+    model on a dataset without labels."""
+    if cond == "none":
+        return 0
+    if not num_classes:
+        raise GankitError(f"cond {cond!r} needs a labelled dataset; this one has no labels")
+    return num_classes
+
+
+def check_conditioning(cond: str, embed_dim: int) -> None:
+    if cond not in CONDITIONINGS:
+        raise ValueError(f"unknown cond {cond!r}: choose one of {', '.join(CONDITIONINGS)}")
+    if embed_dim < 1:
+        raise ValueError(f"embed_dim must be >= 1, got {embed_dim}")
+
+
+class LabelledLatent(nn.Module):
+    """G's input: z, or [z, embed(y)] for a conditional G. (B, nz) -> (B, nz + embed_dim)."""
+
+    def __init__(self, num_classes: int, embed_dim: int):
+        super().__init__()
+        self.embed = nn.Embedding(num_classes, embed_dim) if num_classes else None
+
+    @property
+    def extra(self) -> int:
+        return self.embed.embedding_dim if self.embed is not None else 0
+
+    def forward(self, z: Tensor, labels: Tensor | None) -> Tensor:
+        if self.embed is None:
+            return z
+        return torch.cat([z, self.embed(labels)], dim=1)
+
+
+class Head(nn.Module):
+    """D's last layer on features h (B, F): a logit (B,), conditioned by projection, or
+    (logit, class logits (B, K)) with an auxiliary classifier."""
+
+    def __init__(self, features: int, num_classes: int, cond: str):
+        super().__init__()
+        self.linear = nn.Linear(features, 1)
+        self.embed = nn.Embedding(num_classes, features) if cond == "projection" else None
+        self.classify = nn.Linear(features, num_classes) if cond == "acgan" else None
+
+    def forward(self, h: Tensor, labels: Tensor | None) -> Tensor | tuple[Tensor, Tensor]:
+        logits = self.linear(h).squeeze(1)  # (B,)
+        if self.embed is not None:
+            logits = logits + (self.embed(labels) * h).sum(1)  # + <embed(y), h>
+        if self.classify is not None:
+            return logits, self.classify(h)
+        return logits
+
+
+def one_hot(labels: Tensor, num_classes: int) -> Tensor:
+    return F.one_hot(labels, num_classes).float()  # (B,) -> (B, K)
+
+
+def spectral_norm_all(net: nn.Module) -> nn.Module:
+    """Spectral normalisation (Miyato et al. 2018) of every Linear, Conv and Embedding weight."""
+    for module in list(net.modules()):
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding)):
+            nn.utils.parametrizations.spectral_norm(module)
+    return net
+
+
+def d_norm_layer(kind: str, channels: int) -> nn.Module:
+    """D's normalisation: BatchNorm (DCGAN), LayerNorm over (C, H, W), InstanceNorm, or none.
+    A critic with a gradient penalty must not use BatchNorm (it mixes samples)."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "layer":
+        return nn.GroupNorm(1, channels)  # one group = LayerNorm over (C, H, W) per image
+    if kind == "instance":
+        return nn.GroupNorm(channels, channels)  # one group per channel = InstanceNorm, affine
+    return nn.Identity()
+
+
+def split_outputs(out: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
+    """D's output as (logits (B,), class logits (B, K) or None)."""
+    return out if isinstance(out, tuple) else (out, None)

@@ -1,0 +1,78 @@
+"""LAPGAN: the pyramid is exact, each level is its own game, sampling walks coarse to fine."""
+
+import pytest
+import torch
+
+from conftest import quiet
+from gankit.cli import main
+from gankit.config import load_config
+from gankit.errors import GankitError
+from gankit.models import lapgan
+from gankit.train import train
+
+
+@pytest.mark.parametrize("shape, levels", [((1, 28, 28), 3), ((3, 32, 32), 3), ((3, 64, 64), 4)])
+def test_laplacian_pyramid_reconstructs_its_input_exactly(shape, levels):
+    x = torch.rand(4, *shape, dtype=torch.float64) * 2 - 1
+    coarse, residuals = lapgan.laplacian_pyramid(x, levels)
+    assert coarse.shape[-1] == shape[-1] // 2 ** (levels - 1)
+    assert [h.shape[-1] for h in residuals] == [
+        shape[-1] // 2 ** (levels - 1 - k) for k in range(1, levels)
+    ]
+    torch.testing.assert_close(lapgan.reconstruct(coarse, residuals), x, rtol=0, atol=1e-12)
+    smooth = torch.ones(1, *shape, dtype=torch.float64)  # a flat image has no band-pass detail
+    assert all(h.abs().max() < 1e-12 for h in lapgan.laplacian_pyramid(smooth, levels)[1])
+
+
+def test_levels_and_sampling_shapes():
+    cfg = lapgan.Config(ngf=8, ndf=8, coarse_widths=(16, 32), nz=8)
+    nets = lapgan.build(cfg, (1, 28, 28))
+    assert sorted(nets) == ["D0", "D1", "D2", "G0", "G1", "G2"]
+    z = lapgan.noise(cfg, 5, torch.Generator().manual_seed(0))
+    assert z.shape == (5, 3 * 8)
+    levels = lapgan.pyramid_samples(nets, z)
+    assert [g.shape[-1] for g in levels] == [7, 14, 28]
+    assert torch.equal(lapgan.generate(nets, z), levels[-1])
+    # each finer level refines the upsampled coarser one
+    for k in (1, 2):
+        residual = levels[k] - lapgan.up(levels[k - 1])
+        assert residual.abs().max() > 0
+
+
+def test_each_level_trains_on_real_pyramids_and_only_its_own_players_move():
+    torch.manual_seed(0)
+    cfg = load_config(None, {"family": "lapgan", "model.ngf": "8", "model.ndf": "8", "nz": "8"})
+    nets = lapgan.build(cfg.model, (1, 28, 28))
+    opts = {k: torch.optim.Adam(n.parameters(), lr=1e-3) for k, n in nets.items()}
+    before = {k: [p.detach().clone() for p in n.parameters()] for k, n in nets.items()}
+    real = torch.rand(8, 1, 28, 28) * 2 - 1
+    from gankit.game import GameSettings
+
+    out = lapgan.step(nets, opts, [(real, None)], lambda n: torch.randn(n, 24), GameSettings())
+    for k in range(3):
+        assert f"loss/D/level{k}" in out and f"loss/G/level{k}" in out
+    for name, net in nets.items():
+        assert any(
+            not torch.equal(a, b) for a, b in zip(before[name], net.parameters(), strict=True)
+        ), name
+
+
+def test_bad_pyramid_sizes_and_options_are_refused():
+    with pytest.raises(GankitError, match="divisible by 4"):
+        lapgan.build(lapgan.Config(), (1, 30, 30))
+    with pytest.raises(GankitError, match="ema"):
+        load_config(None, {"family": "lapgan", "ema": "0.999"})
+    with pytest.raises(GankitError, match="augment"):
+        load_config(None, {"family": "lapgan", "augment": "translation"})
+
+
+def test_conditional_lapgan_and_the_pyramid_picture(tmp_path, capsys):
+    over = {"family": "lapgan", "model.ngf": "8", "model.ndf": "8", "nz": "8", "cond": "concat"}
+    over |= {"steps": "4", "device": "cpu", "batch_size": "16", "n_fixed": "100"}
+    train(load_config(None, over), tmp_path / "run", progress=False, log=quiet)
+    pyramid, out = tmp_path / "pyramid.png", tmp_path / "s.npz"
+    argv = ["sample", str(tmp_path / "run"), "--pyramid", str(pyramid), "--class", "2"]
+    assert main([*argv, "--n", "10", "--out", str(out)]) == 0
+    from PIL import Image
+
+    assert Image.open(pyramid).size == (2 + 3 * 30, 2 + 8 * 30)  # 8 rows, 3 levels
