@@ -4,6 +4,10 @@ Adversarial Network") and its generator trained alone, SRResNet.
     G (SRResNet): LR (B, 3, h, w) -> SR (B, 3, s*h, s*w)
         Conv9 -> PReLU -> [Conv3 -> BN -> PReLU -> Conv3 -> BN, + skip] x n_blocks
         -> Conv3 -> BN, + skip -> [Conv3 -> PixelShuffle(2) -> PReLU] x log2(s) -> Conv9 -> Tanh
+      With `bicubic_skip` (the default) the last Conv9 starts at zero and its output is added
+      to the bicubic upscale of LR instead of passing a Tanh: G starts at bicubic quality and
+      learns only what bicubic misses (global residual learning, Kim et al. 2016), which a
+      short CPU training needs; `bicubic_skip: false` is the paper's G.
     D: HR or SR patch -> Conv3 -> LeakyReLU -> [Conv3 -> BN -> LeakyReLU] x 7 (strides 2, 1, 2,
        1, 2, 1, 2; widths ndf, 2ndf, 2ndf, 4ndf, 4ndf, 8ndf, 8ndf) -> Dense(1024) -> LeakyReLU
        -> Dense(1): a logit
@@ -55,6 +59,7 @@ class Config:
     adv_weight: float = 1e-3  # weight of the adversarial term in G's loss (the paper: 1e-3)
     pretrain_steps: int = 0  # srgan from scratch: G's first updates on the pixel loss alone
     init: str = ""  # srgan: start G from this SRResNet run (folder or checkpoint); "" = scratch
+    bicubic_skip: bool = True  # G adds its output to the bicubic upscale; false = the paper's G
 
     def __post_init__(self):
         if self.scale not in (2, 4):
@@ -129,15 +134,20 @@ class Generator(nn.Module):
             nn.BatchNorm2d(nf),
         )
         ups = []
-        for _ in range(
-            int(math.log2(cfg.scale))
-        ):  # sub-pixel convolution: (4nf, h, w) -> (nf, 2h, 2w)
+        for _ in range(int(math.log2(cfg.scale))):  # sub-pixel conv: (4nf, h, w) -> (nf, 2h, 2w)
             ups += [nn.Conv2d(nf, 4 * nf, 3, 1, 1), nn.PixelShuffle(2), nn.PReLU(nf)]
-        self.tail = nn.Sequential(*ups, nn.Conv2d(nf, channels, 9, 1, 4), nn.Tanh())
+        self.tail = nn.Sequential(*ups, nn.Conv2d(nf, channels, 9, 1, 4))
+        self.bicubic_skip = cfg.bicubic_skip
+        if cfg.bicubic_skip:  # start from the bicubic image: the last layer's output is a residual
+            nn.init.zeros_(self.tail[-1].weight)
+            nn.init.zeros_(self.tail[-1].bias)
 
     def forward(self, lr: Tensor, labels: Tensor | None = None) -> Tensor:
         h = self.head(lr)  # (B, nf, h, w)
-        return self.tail(h + self.blocks(h))  # (B, C, s*h, s*w) in [-1, 1]
+        out = self.tail(h + self.blocks(h))  # (B, C, s*h, s*w)
+        if self.bicubic_skip:  # global residual learning (Kim et al. 2016)
+            return (bicubic(lr, self.scale) + out).clamp(-1, 1)
+        return torch.tanh(out)  # the paper's output layer
 
 
 # ---- D -----------------------------------------------------------------------------------------
