@@ -114,17 +114,28 @@ def test_both_g_objectives_train(tiny_cfg, tmp_path, loss):
 DCGAN_TINY = {"family": "dcgan", "model.ngf": "8", "model.ndf": "8"}
 
 
-def test_resume_is_exact_with_labels_ema_augment_and_instance_noise(tiny_cfg, tmp_path):
+def test_resume_is_exact_with_labels_ema_augment_and_instance_noise(tmp_path, monkeypatch):
     from gankit.config import load_config
+    from gankit.models import dcgan
 
-    def cfg(steps):
-        over = DCGAN_TINY | {"cond": "acgan", "ema": "0.9", "augment": "color,translation"}
-        over |= {"instance_noise": "0.1", "steps": str(steps), "device": "cpu", "batch_size": "16"}
-        return load_config(None, over | {"ckpt_every": "5", "sample_every": "5"})
+    over = DCGAN_TINY | {"cond": "acgan", "ema": "0.9", "augment": "color,translation"}
+    over |= {"instance_noise": "0.1", "steps": "12", "device": "cpu", "batch_size": "16"}
+    cfg = load_config(None, over | {"ckpt_every": "5", "sample_every": "5"})
+    train(cfg, tmp_path / "full", progress=False, log=quiet)
+    # Interrupted at step 7 of the same 12 (instance noise anneals over the planned total).
+    calls, real_step = {"n": 0}, dcgan.step
 
-    train(cfg(12), tmp_path / "full", progress=False, log=quiet)
-    train(cfg(7), tmp_path / "part", progress=False, log=quiet)
-    train(cfg(12), tmp_path / "part", resume=True, progress=False, log=quiet)
+    def interrupted_step(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 7:
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(dcgan, "step", interrupted_step)
+    assert train(cfg, tmp_path / "part", progress=False, log=quiet).step == 7
+    monkeypatch.setattr(dcgan, "step", real_step)
+    train(cfg, tmp_path / "part", resume=True, progress=False, log=quiet)
     a, b = weights(tmp_path / "full"), weights(tmp_path / "part")
     assert any(k.startswith("G_ema.") for k in a) and a.keys() == b.keys()
     for k in a:
