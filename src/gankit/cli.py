@@ -282,7 +282,7 @@ def cmd_sample(args) -> int:
             raise GankitError(f"{flag} must end in .png or .jpg, got {path!r}")
     if args.n < 1 or args.nrow < 1 or args.batch_size < 1:
         raise GankitError("--n, --nrow and --batch-size must be >= 1")
-    classes = parse_ints(args.classes, "--class")
+    classes = parse_numbers(args.classes, "--class", int)
     sampler = Sampler.load(args.run, args.checkpoint, args.device)
     levels = sampler.pyramid(8, args.seed, classes) if args.pyramid else None  # refused early
     labels = sampler.labels(args.n, classes)
@@ -308,15 +308,6 @@ def cmd_sample(args) -> int:
             save_grid(args.grid, torch.cat([r[:per_row] for r in rows]), per_row)
         print(f"wrote {args.grid}")
     return 0
-
-
-def parse_ints(text: str | None, flag: str) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(t) for t in text.split(",")]
-    except ValueError:
-        raise GankitError(f"{flag} takes comma-separated integers, got {text!r}") from None
 
 
 def cmd_eval(args) -> int:
@@ -487,8 +478,8 @@ def cmd_lab(args) -> int:
         from gankit.labs.lab1d import Lab1DConfig, run_lab1d
 
         options = {
-            "mean": parse_floats(args.mean, "--mean"),
-            "std": parse_floats(args.std, "--std"),
+            "mean": parse_numbers(args.mean, "--mean"),
+            "std": parse_numbers(args.std, "--std"),
             "z": args.z,
             "freeze_g": args.freeze_g or None,
             "g_loc": args.g_loc,
@@ -551,13 +542,15 @@ def lab_common(args) -> dict:
     return {k: getattr(args, k) for k in keys}
 
 
-def parse_floats(text: str | None, flag: str) -> list[float] | None:
+def parse_numbers(text: str | None, flag: str, kind: type = float) -> list | None:
+    """'0,1,2' -> [0, 1, 2] (kind int) or [0.0, 1.0, 2.0]; None stays None."""
     if text is None:
         return None
     try:
-        return [float(t) for t in text.split(",")]
+        return [kind(t) for t in text.split(",")]
     except ValueError:
-        raise GankitError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+        what = "integers" if kind is int else "numbers"
+        raise GankitError(f"{flag} takes comma-separated {what}, got {text!r}") from None
 
 
 def cmd_list() -> int:

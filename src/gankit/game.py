@@ -41,9 +41,7 @@ class GameSettings:
     gp_weight: float = 10.0  # lambda of the WGAN-GP penalty (loss wgan-gp only)
     r1: float = 0.0  # gamma of the R1 penalty gamma/2 * E|grad D(x)|^2 on reals; 0 = off
     aux_weight: float = 1.0  # weight of ACGAN's class cross-entropy in both players' losses
-    aux_fakes: bool = (
-        True  # ACGAN: D also learns the class of fakes (the paper); False = reals only
-    )
+    aux_fakes: bool = True  # ACGAN: D also classifies fakes (the paper); False = reals only
     augment: tuple[str, ...] = ()  # DiffAugment policy applied to everything D sees
     instance_noise: float = 0.0  # std of Gaussian noise added to everything D sees (this step)
     content_net: nn.Module | None = None  # SRGAN: frozen features for the content loss
