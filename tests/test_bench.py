@@ -24,3 +24,14 @@ def test_zoo_trains_scores_and_tabulates_a_shortened_preset(tmp_path):
     assert row["steps"] == 3 and "label_accuracy_min" in row["metrics"]
     table = zoo.table([row])
     assert "cgan-mnist" in table and table.count("\n") == 2
+
+
+def test_mode_collapse_runs_a_shortened_remedy_and_tabulates_worst_seeds(tmp_path):
+    mc = load("mode_collapse")
+    rows = [mc.one_run("r1", "ring", seed, 4, str(tmp_path)) for seed in (0, 1)]
+    assert [r["steps"] for r in rows] == [4, 4]
+    line = mc.table(rows).splitlines()[-1].split("|")[1:-1]  # one row: r1 on the ring, 2 seeds
+    cells = [c.strip() for c in line]
+    assert cells[:3] == ["r1", "ring", "2"]
+    assert float(cells[6]) == round(min(r["high_quality"] for r in rows), 1)
+    assert float(cells[8]) == round(max(r["mode_kl"] for r in rows), 3)

@@ -222,3 +222,12 @@ def test_list_names_the_families_losses_and_presets(capsys):
     out = capsys.readouterr().out
     for word in ("dcgan", "lapgan", "vae", "hinge", "wgan-gp", "projection", "dcgan-mnist.yaml"):
         assert word in out
+
+
+@pytest.mark.parametrize("module", ["gankit.game", "gankit.labs.lab2d"])
+def test_a_module_imports_first_in_a_fresh_interpreter(module):
+    # What bench scripts do; an import cycle through gankit.models would fail here.
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {module}"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr.splitlines()[-1:]

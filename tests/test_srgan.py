@@ -52,17 +52,21 @@ def test_pretraining_steps_leave_d_alone_then_the_game_starts():
     assert "loss/D" in srgan.step(nets, opts, [(hr, None)], None, GameSettings())
 
 
-def test_srresnet_learns_to_beat_nothing_on_a_smooth_image():
+@pytest.mark.parametrize("norm, pixel_loss", [("batch", "mse"), ("none", "l1")])
+def test_srresnet_learns_to_beat_nothing_on_a_smooth_image(norm, pixel_loss):
     torch.manual_seed(0)
-    cfg = srgan.Config(stage="srresnet", n_blocks=1, nf=16)
+    cfg = srgan.Config(stage="srresnet", n_blocks=1, nf=16, norm=norm, pixel_loss=pixel_loss)
     nets = srgan.build(cfg, (3, 32, 32))
+    has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in nets["G"].modules())
+    assert has_bn == (norm == "batch")
     opts = {"G": torch.optim.Adam(nets["G"].parameters(), lr=2e-3)}
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
     hr = torch.stack([xx, yy, xx * yy]).expand(8, 3, 32, 32) * 0.8
-    first = float(srgan.step(nets, opts, [(hr, None)], None, GameSettings())["loss/mse"])
+    first = srgan.step(nets, opts, [(hr, None)], None, GameSettings())
     for _ in range(60):
-        last = float(srgan.step(nets, opts, [(hr, None)], None, GameSettings())["loss/mse"])
-    assert last < 0.2 * first
+        last = srgan.step(nets, opts, [(hr, None)], None, GameSettings())
+    assert float(last["loss/pixel"]) < 0.2 * float(first["loss/pixel"])
+    assert float(last["psnr/train"]) > float(first["psnr/train"]) + 5
 
 
 def test_psnr_and_ssim_match_known_cases():
@@ -140,6 +144,8 @@ def test_stage_two_starts_from_an_srresnet_run(tmp_path):
     "over, message",
     [
         ({"model.scale": "3"}, "scale must be 2 or 4"),
+        ({"model.norm": "layer"}, "unknown norm 'layer'"),
+        ({"model.pixel_loss": "l2"}, "unknown pixel_loss 'l2'"),
         ({"model.stage": "srresnet", "model.init": "runs/x"}, "belong to stage srgan"),
         ({"eval_every": "100"}, "gankit eval RUN"),
         ({"model.vgg19_weights": "/nonexistent.pth"}, None),

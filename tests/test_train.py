@@ -114,12 +114,36 @@ def test_both_g_objectives_train(tiny_cfg, tmp_path, loss):
 DCGAN_TINY = {"family": "dcgan", "model.ngf": "8", "model.ndf": "8"}
 
 
+def test_lr_decay_falls_linearly_to_zero_over_the_final_fraction(tiny_cfg, tmp_path):
+    from gankit.train import lr_scale
+
+    assert [lr_scale(s, 100, 0.5) for s in (0, 50, 75, 99)] == [1.0, 1.0, 0.5, 0.02]
+    assert lr_scale(99, 100, 0.0) == 1.0
+    # Trained with the decay, the last update ran at 1/25 of the base rate, and the moves of
+    # the weights shrink with it: the last 5 updates move G less than the 5 before the decay.
+    cfg = tiny_cfg(steps=50, lr_decay=0.5, ckpt_every=5, keep=20)
+    train(cfg, tmp_path / "run", progress=False, log=quiet)
+    meta = ckpt.read_meta(last_checkpoint(tmp_path / "run"))
+    for name, rate in (("G", cfg.train.lr_g), ("D", cfg.train.lr_d)):
+        assert meta["optim"][name]["param_groups"][0]["lr"] == pytest.approx(rate / 25)
+
+    def g_at(step: int) -> torch.Tensor:
+        path = tmp_path / "run" / "checkpoints" / f"step-{step:08d}.safetensors"
+        tensors, _ = ckpt.read(path, ("G",))
+        return torch.cat([v.flatten().float() for k, v in sorted(tensors.items()) if "weight" in k])
+
+    early = (g_at(25) - g_at(20)).norm()
+    late = (g_at(50) - g_at(45)).norm()
+    assert late < 0.5 * early
+
+
 def test_resume_is_exact_with_labels_ema_augment_and_instance_noise(tmp_path, monkeypatch):
     from gankit.config import load_config
     from gankit.models import dcgan
 
     over = DCGAN_TINY | {"cond": "acgan", "ema": "0.9", "augment": "color,translation"}
     over |= {"instance_noise": "0.1", "steps": "12", "device": "cpu", "batch_size": "16"}
+    over |= {"lr_decay": "0.5"}
     cfg = load_config(None, over | {"ckpt_every": "5", "sample_every": "5"})
     train(cfg, tmp_path / "full", progress=False, log=quiet)
     # Interrupted at step 7 of the same 12 (instance noise anneals over the planned total).

@@ -154,7 +154,7 @@ def add_lab_parser(sub) -> None:
     two.add_argument("--mixture", help="ring | grid (default: grid)")
     two.add_argument(
         "--remedy",
-        help="plain | wgan-gp | pacgan | unrolled | pacgan-drs | best (= pacgan-drs, the default)",
+        help="plain | wgan-gp | pacgan | unrolled | pacgan-drs | r1 | best (= r1, the default)",
     )
     two.add_argument("--pack", type=int, help="PacGAN: samples per D input")
     two.add_argument("--unroll", type=int, help="Unrolled GAN: D steps G looks through")
@@ -168,6 +168,9 @@ def add_lab_parser(sub) -> None:
         type=int,
         help="steps fitting D to D* for rejection sampling after training; 0 = off",
     )
+    two.add_argument("--r1", type=float, help="R1 weight gamma (gradient penalty on real data)")
+    two.add_argument("--ema", type=float, help="decay of G's weight average for sampling; 0 = off")
+    two.add_argument("--nz", type=int, help="size of z ~ N(0, I)")
     two.add_argument("--dry-run", action="store_true", help="print the resolved options and exit")
     for q in (one, two):
         q.add_argument("--steps", type=int, help="training steps (default: the lab's tuned value)")
@@ -512,6 +515,9 @@ def cmd_lab(args) -> int:
             "lr_d": args.lr_d,
             "decay": args.decay,
             "drs": args.drs,
+            "r1": args.r1,
+            "ema": args.ema,
+            "nz": args.nz,
         }
         cfg = resolve(args.remedy, **(options | lab_common(args)))
         if args.dry_run:

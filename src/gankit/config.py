@@ -51,6 +51,9 @@ class TrainConfig:
     lr_d: float = 2e-4  # Adam learning rate of D
     beta1: float = 0.5  # Adam beta1 (0.5 as in DCGAN; 0.9 is Adam's default)
     beta2: float = 0.999  # Adam beta2
+    lr_decay: float = (
+        0.0  # final fraction of steps over which both LRs fall linearly to 0; 0 = constant
+    )
     n_critic: int = 1  # D updates per G update (WGAN-GP: 5)
     d_warmup: int = 0  # steps at the start in which only D trains
     label_smoothing: float = 0.0  # one-sided: D's target for reals is 1 - label_smoothing
@@ -99,6 +102,8 @@ class TrainConfig:
             raise ValueError("d_warmup, keep and eval_every must be >= 0")
         if self.eval_n < 2:
             raise ValueError(f"eval_n must be >= 2, got {self.eval_n}")
+        if not 0 <= self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in [0, 1], got {self.lr_decay}")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if min(self.gp_weight, self.r1, self.aux_weight, self.instance_noise) < 0:

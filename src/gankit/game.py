@@ -28,7 +28,6 @@ from torch import Tensor, nn
 
 from gankit.augment import diff_augment
 from gankit.losses import GAN_LOSSES, d_prob, gradient_penalty, r1_penalty
-from gankit.models.layers import split_outputs
 
 Batch = tuple[Tensor, Tensor | None]  # (real images (B, C, H, W), labels (B,) or None)
 # A conditional family may pass any conditioning in the labels' place (LAPGAN: a tuple).
@@ -45,6 +44,11 @@ class GameSettings:
     augment: tuple[str, ...] = ()  # DiffAugment policy applied to everything D sees
     instance_noise: float = 0.0  # std of Gaussian noise added to everything D sees (this step)
     content_net: nn.Module | None = None  # SRGAN: frozen features for the content loss
+
+
+def split_outputs(out: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
+    """D's output as (logits (B,), class logits (B, K) or None)."""
+    return out if isinstance(out, tuple) else (out, None)
 
 
 def make_optimizers(

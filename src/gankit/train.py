@@ -76,6 +76,13 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+def lr_scale(step: int, steps: int, decay: float) -> float:
+    """The learning rates' factor for update `step` (0-based): 1, then a linear fall over the
+    final `decay` fraction of the run that reaches 0 after the last update."""
+    decay_steps = decay * steps
+    return min(1.0, (steps - step) / decay_steps) if decay_steps else 1.0
+
+
 def train(
     cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True, log=print
 ) -> Summary:
@@ -202,6 +209,11 @@ def train(
     with _StopFlag() as stop:
         while step < t.steps and not stop.requested:
             batches = [draw() for _ in range(t.n_critic)]
+            if t.lr_decay:  # a function of the step alone, so a resumed run follows it exactly
+                scale = lr_scale(step, t.steps, t.lr_decay)
+                for name, opt in opts.items():
+                    for group in opt.param_groups:
+                        group["lr"] = lr[name] * scale
             if t.instance_noise:  # annealed linearly to 0 over the run
                 game = replace(game, instance_noise=t.instance_noise * (1 - step / t.steps))
             out = family.step(nets, opts, batches, z_fn, game, train_g=step >= t.d_warmup)

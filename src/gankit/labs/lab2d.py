@@ -1,7 +1,7 @@
 """`gankit lab 2d`: mode collapse on the ring and grid mixtures, watched and scored.
 
-Every `every` steps the lab draws G's samples over the data with D's output as a
-heatmap behind them, and scores 2,500 samples with `gankit.metrics.mixture_metrics`
+Every `every` steps the lab draws G's samples (from the moving average of G's weights
+when `ema` is on) over the data with D's output as a heatmap behind them, and scores 2,500 samples with `gankit.metrics.mixture_metrics`
 (modes captured, % high quality, reverse KL). A run folder holds:
 
     config.yaml                   the resolved Lab2DConfig
@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from gankit.errors import GankitError
+from gankit.game import add_ema
 from gankit.labs.players import Discriminator, Generator
 from gankit.labs.remedies import BEST, REMEDIES, fit_optimal_d, game_step, rejection_sample
 from gankit.metrics.mixture import DEFAULT_SAMPLES, mixture_metrics
@@ -54,6 +55,8 @@ class Lab2DConfig:
     drs: int = 0  # after training, steps fitting a fresh D to D* for rejection sampling; 0 = off
     drs_lr: float = 1e-3  # that D's Adam learning rate (falls linearly to 0)
     drs_beta: float = 1.0  # accept with probability ~ (D / (1 - D))^beta; 1 = exact DRS
+    r1: float = 0.0  # R1 weight gamma: D's loss adds gamma/2 E|grad D(real)|^2; 0 = off
+    ema: float = 0.0  # decay of the moving average of G's weights that draws samples; 0 = off
 
     def validate(self) -> None:
         if self.mixture not in MIXTURES:
@@ -73,6 +76,12 @@ class Lab2DConfig:
             )
         if not 0 <= self.decay <= 1:
             raise GankitError("--decay must be in [0, 1]")
+        if not 0 <= self.ema < 1:
+            raise GankitError("--ema must be in [0, 1): the decay of G's moving average")
+        if self.r1 < 0:
+            raise GankitError("--r1 must be >= 0")
+        if self.r1 and self.loss != "gan":
+            raise GankitError("--r1 goes with --loss gan; WGAN-GP has its own gradient penalty")
 
 
 def resolve(remedy: str | None = None, **options) -> Lab2DConfig:
@@ -165,6 +174,10 @@ def run_lab2d(cfg: Lab2DConfig, run_dir: Path) -> dict:
 
     target = MIXTURES[cfg.mixture]()
     G, D, opt_g, opt_d = build(cfg)
+    sampler = G  # what draws the samples that are scored, drawn and saved
+    if cfg.ema:
+        G_ema = add_ema({"G": G}, cfg.ema)["G_ema"]
+        sampler = G_ema.module
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # data and latents, separate from init
     decay_steps = round(cfg.decay * cfg.steps)
 
@@ -194,12 +207,15 @@ def run_lab2d(cfg: Lab2DConfig, run_dir: Path) -> dict:
             cfg.gp_weight,
             cfg.unroll,
             gen,
+            cfg.r1,
         )
         for s in scheds:
             s.step()
+        if cfg.ema:
+            G_ema.update_parameters(G)
         if step % cfg.every == 0 or step == cfg.steps:
             with torch.no_grad():
-                samples = G(z_eval)
+                samples = sampler(z_eval)
             metrics = mixture_metrics(samples, target)
             for k, v in scalars.items():
                 writer.add_scalar(k, v, step)
@@ -221,13 +237,13 @@ def run_lab2d(cfg: Lab2DConfig, run_dir: Path) -> dict:
         # then keep G's samples with probability proportional to D / (1 - D).
         extra = {f"g_{k}": v for k, v in metrics.items()}  # G alone, for comparison
         D_star = Discriminator(2, cfg.d_width, cfg.d_depth)
-        fit_optimal_d(G, D_star, real_fn, z_fn, cfg.drs, cfg.batch_size, cfg.drs_lr)
+        fit_optimal_d(sampler, D_star, real_fn, z_fn, cfg.drs, cfg.batch_size, cfg.drs_lr)
         n_pool = 400 * DEFAULT_SAMPLES  # DRS keeps about 1 in exp(max logit) candidates
         for _ in range(2):  # 1M candidates, then 4M
             z = torch.randn(n_pool, cfg.nz, generator=eval_gen)
             try:
                 samples, rate = rejection_sample(
-                    G,
+                    sampler,
                     D_star,
                     z,
                     DEFAULT_SAMPLES,
@@ -253,7 +269,7 @@ def run_lab2d(cfg: Lab2DConfig, run_dir: Path) -> dict:
         frames.append(frame)
     else:
         with torch.no_grad():
-            samples = G(z_eval)  # (2500, 2)
+            samples = sampler(z_eval)  # (2500, 2)
     metrics_log.close()
     writer.close()
     import numpy as np

@@ -9,6 +9,10 @@ A remedy is a set of choices on top of the plain GAN (Goodfellow et al., 2014):
             through those updates (Unrolled GAN, Metz et al., 2017).
     drs     after training, G's samples are filtered by a D fitted to D*: discriminator
             rejection sampling (Azadi et al., 2019). The sampler is then G and D together.
+    r1      D's loss adds r1/2 E|grad_x D(x)|^2 on real data: the zero-centred gradient
+            penalty of Mescheder et al. (2018), under which the game converges locally
+            to p_model = p_data; with z of the data's dimension (nz 2), a long LR decay and
+            G's weights averaged for sampling (`ema`), it is the best remedy here.
 
 `REMEDIES` maps each name to its tuned settings (fields of `lab2d.Lab2DConfig`).
 """
@@ -21,7 +25,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from gankit.losses import GAN_LOSSES, d_loss_wasserstein, g_loss_score, gradient_penalty
+from gankit.losses import (
+    GAN_LOSSES,
+    d_loss_wasserstein,
+    g_loss_score,
+    gradient_penalty,
+    r1_penalty,
+)
 
 # Settings on top of Lab2DConfig's defaults; a user's explicit options override them.
 # WGAN-GP and unrolled steps cost ~5x and ~8x a plain step, hence fewer of them.
@@ -40,8 +50,13 @@ REMEDIES: dict[str, dict] = {
     # PacGAN4 with 3 D updates per G update, then discriminator rejection sampling
     # (Azadi et al., 2019) with a fresh D fitted to D* against the final G.
     "pacgan-drs": {"pack": 4, "n_critic": 3, "d_width": 256, "steps": 4000, "drs": 2000},
+    # The plain GAN with R1 (gamma 0.1), a 2D latent, 20,000 steps (the last 10,000 with the
+    # LR falling to 0) and an EMA of G for sampling. Measured on grid seed 0, 12,000 steps:
+    # nz 16 gave 92.6% high quality, nz 2 95.6%; without R1 (and nz 16) 5-45%. At 16,000
+    # steps one grid seed of five had 94.9%; at 20,000 the worst had 97.0% (240 s a run).
+    "r1": {"r1": 0.1, "nz": 2, "steps": 20000, "ema": 0.999},
 }
-BEST = "pacgan-drs"  # the remedy `gankit lab 2d` uses when none is named ("best")
+BEST = "r1"  # the remedy `gankit lab 2d` uses when none is named ("best")
 
 
 # ---- unrolled D ---------------------------------------------------------------------------
@@ -99,6 +114,7 @@ def game_step(
     gp_weight: float = 10.0,
     unroll: int = 0,
     generator: torch.Generator | None = None,
+    r1: float = 0.0,
 ) -> dict[str, float]:
     """n_critic D updates, then one G update. Returns the scalars to log.
 
@@ -113,7 +129,11 @@ def game_step(
             return d_loss_wasserstein(f(real), f(fake)) + gp_weight * gradient_penalty(
                 f, real, fake, eps
             )
-        return bce.d(f(real), f(fake))
+        if r1 == 0:
+            return bce.d(f(real), f(fake))
+        real = real.detach().requires_grad_(True)
+        real_scores = f(real)
+        return bce.d(real_scores, f(fake)) + r1 / 2 * r1_penalty(real_scores, real)
 
     # ---- D: minimise d_loss with G fixed
     for _ in range(n_critic):

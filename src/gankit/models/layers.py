@@ -97,8 +97,3 @@ def d_norm_layer(kind: str, channels: int) -> nn.Module:
     if kind == "instance":
         return nn.GroupNorm(channels, channels)  # one group per channel = InstanceNorm, affine
     return nn.Identity()
-
-
-def split_outputs(out: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
-    """D's output as (logits (B,), class logits (B, K) or None)."""
-    return out if isinstance(out, tuple) else (out, None)

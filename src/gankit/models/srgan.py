@@ -7,7 +7,8 @@ Adversarial Network") and its generator trained alone, SRResNet.
       With `bicubic_skip` (the default) the last Conv9 starts at zero and its output is added
       to the bicubic upscale of LR instead of passing a Tanh: G starts at bicubic quality and
       learns only what bicubic misses (global residual learning, Kim et al. 2016), which a
-      short CPU training needs; `bicubic_skip: false` is the paper's G.
+      short CPU training needs; `bicubic_skip: false` is the paper's G. `norm: none` drops
+      the BatchNorms, as EDSR (Lim et al. 2017) does for better PSNR.
     D: HR or SR patch -> Conv3 -> LeakyReLU -> [Conv3 -> BN -> LeakyReLU] x 7 (strides 2, 1, 2,
        1, 2, 1, 2; widths ndf, 2ndf, 2ndf, 4ndf, 4ndf, 8ndf, 8ndf) -> Dense(1024) -> LeakyReLU
        -> Dense(1): a logit
@@ -15,7 +16,7 @@ Adversarial Network") and its generator trained alone, SRResNet.
 The low-resolution input is the high-resolution patch downscaled by bicubic
 interpolation (antialiased), made inside the step, so the dataset is HR patches only.
 
-    stage 1, SRResNet:  minimise MSE(G(LR), HR) (pixel loss)
+    stage 1, SRResNet:  minimise MSE(G(LR), HR) (pixel loss; `pixel_loss: l1` for L1)
     stage 2, SRGAN:     D learns HR vs G(LR) (the GAN loss, `train.loss`);
                         G minimises content(G(LR), HR) + adv_weight * loss.g(D(G(LR)))
 
@@ -44,6 +45,8 @@ from gankit.losses import GAN_LOSSES, d_prob
 
 STAGES = ("srresnet", "srgan")
 CONTENTS = ("features", "pixel")
+NORMS = ("batch", "none")
+PIXEL_LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
 
 
 @dataclass
@@ -60,6 +63,8 @@ class Config:
     pretrain_steps: int = 0  # srgan from scratch: G's first updates on the pixel loss alone
     init: str = ""  # srgan: start G from this SRResNet run (folder or checkpoint); "" = scratch
     bicubic_skip: bool = True  # G adds its output to the bicubic upscale; false = the paper's G
+    norm: str = "batch"  # G's normalisation: batch (the paper) | none (EDSR: no BatchNorm)
+    pixel_loss: str = "mse"  # stage 1's loss (and pixel content): mse (the paper) | l1 (EDSR)
 
     def __post_init__(self):
         if self.scale not in (2, 4):
@@ -69,6 +74,12 @@ class Config:
         if self.content not in CONTENTS:
             raise ValueError(
                 f"unknown content {self.content!r}: choose one of {', '.join(CONTENTS)}"
+            )
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}: choose one of {', '.join(NORMS)}")
+        if self.pixel_loss not in PIXEL_LOSSES:
+            raise ValueError(
+                f"unknown pixel_loss {self.pixel_loss!r}: choose one of {', '.join(PIXEL_LOSSES)}"
             )
         if min(self.n_blocks, self.nf, self.ndf) < 1 or self.pretrain_steps < 0:
             raise ValueError("n_blocks, nf and ndf must be >= 1 and pretrain_steps >= 0")
@@ -105,15 +116,19 @@ def bicubic(lr: Tensor, scale: int) -> Tensor:
 # ---- G: SRResNet --------------------------------------------------------------------------------
 
 
+def norm_layer(norm: str, nf: int) -> nn.Module:
+    return nn.BatchNorm2d(nf) if norm == "batch" else nn.Identity()
+
+
 class ResidualBlock(nn.Module):
-    def __init__(self, nf: int):
+    def __init__(self, nf: int, norm: str = "batch"):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(nf, nf, 3, 1, 1),
-            nn.BatchNorm2d(nf),
+            norm_layer(norm, nf),
             nn.PReLU(nf),
             nn.Conv2d(nf, nf, 3, 1, 1),
-            nn.BatchNorm2d(nf),
+            norm_layer(norm, nf),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -125,13 +140,14 @@ class Generator(nn.Module):
         super().__init__()
         # Read by the step. A G that starts from an SRResNet run (init) is pretrained already.
         self.scale, self.adv_weight = cfg.scale, cfg.adv_weight
+        self.pixel_loss = PIXEL_LOSSES[cfg.pixel_loss]
         self.pretrain_steps = 0 if cfg.init else cfg.pretrain_steps
         nf = cfg.nf
         self.head = nn.Sequential(nn.Conv2d(channels, nf, 9, 1, 4), nn.PReLU(nf))
         self.blocks = nn.Sequential(
-            *(ResidualBlock(nf) for _ in range(cfg.n_blocks)),
+            *(ResidualBlock(nf, cfg.norm) for _ in range(cfg.n_blocks)),
             nn.Conv2d(nf, nf, 3, 1, 1),
-            nn.BatchNorm2d(nf),
+            norm_layer(cfg.norm, nf),
         )
         ups = []
         for _ in range(int(math.log2(cfg.scale))):  # sub-pixel conv: (4nf, h, w) -> (nf, 2h, 2w)
@@ -333,11 +349,13 @@ def step(nets, opts, batches, z_fn, game, train_g: bool = True) -> dict[str, Ten
     out = {}
     if "D" not in nets or _g_updates(opt_g) < G.pretrain_steps:
         for hr, _ in batches:
-            mse = F.mse_loss(G(downscale(hr, G.scale)), hr)
+            sr = G(downscale(hr, G.scale))
+            loss = G.pixel_loss(sr, hr)
             opt_g.zero_grad(set_to_none=True)
-            mse.backward()
+            loss.backward()
             opt_g.step()
-        return {"loss/mse": mse.detach(), "psnr/train": _psnr(mse.detach())}
+        mse = F.mse_loss(sr.detach(), hr)
+        return {"loss/pixel": loss.detach(), "psnr/train": _psnr(mse)}
     D, opt_d, loss = nets["D"], opts["D"], GAN_LOSSES[game.loss]
     for i, (hr, _) in enumerate(batches):
         with torch.set_grad_enabled(i == len(batches) - 1 and train_g):
@@ -350,11 +368,11 @@ def step(nets, opts, batches, z_fn, game, train_g: bool = True) -> dict[str, Ten
     out |= {"loss/D": d_loss.detach(), "D(x)": d_prob(real_logits, loss.logits)}
     out["D(G(z))"] = d_prob(fake_logits, loss.logits)
     mse = F.mse_loss(sr.detach(), hr)
-    out |= {"loss/mse": mse, "psnr/train": _psnr(mse)}
+    out |= {"psnr/train": _psnr(mse)}
     if train_g:
         D.requires_grad_(False)
         net = game.content_net
-        content = F.mse_loss(net(sr), net(hr)) if net is not None else F.mse_loss(sr, hr)
+        content = F.mse_loss(net(sr), net(hr)) if net is not None else G.pixel_loss(sr, hr)
         adversarial = loss.g(D(sr))
         D.requires_grad_(True)
         g_loss = content + G.adv_weight * adversarial
