@@ -115,7 +115,7 @@ DCGAN_TINY = {"family": "dcgan", "model.ngf": "8", "model.ndf": "8"}
 
 
 def test_lr_decay_falls_linearly_to_zero_over_the_final_fraction(tiny_cfg, tmp_path):
-    from gankit.train import lr_scale
+    from gankit.game import lr_scale
 
     assert [lr_scale(s, 100, 0.5) for s in (0, 50, 75, 99)] == [1.0, 1.0, 0.5, 0.02]
     assert lr_scale(99, 100, 0.0) == 1.0

@@ -51,6 +51,13 @@ def split_outputs(out: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor |
     return out if isinstance(out, tuple) else (out, None)
 
 
+def lr_scale(step: int, steps: int, decay: float) -> float:
+    """The learning rates' factor for update `step` (0-based): 1, then a linear fall over the
+    final `decay` fraction of the run that reaches 0 after the last update."""
+    decay_steps = round(decay * steps)
+    return min(1.0, (steps - step) / decay_steps) if decay_steps else 1.0
+
+
 def make_optimizers(
     nets: dict[str, nn.Module], lr: dict[str, float], betas: tuple[float, float]
 ) -> dict:

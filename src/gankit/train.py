@@ -32,7 +32,7 @@ from gankit.data import BatchSampler, make_dataset, to_uint8, to_unit_range
 from gankit.device import resolve_device
 from gankit.errors import GankitError
 from gankit.evaluate import Evaluator, append_jsonl, lower_is_better, timestamp
-from gankit.game import GameSettings, add_ema, make_optimizers, sampling_nets
+from gankit.game import GameSettings, add_ema, lr_scale, make_optimizers, sampling_nets
 from gankit.models import MODELS, is_conditional
 
 
@@ -74,13 +74,6 @@ class _StopFlag:
     def __exit__(self, *exc):
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
-
-
-def lr_scale(step: int, steps: int, decay: float) -> float:
-    """The learning rates' factor for update `step` (0-based): 1, then a linear fall over the
-    final `decay` fraction of the run that reaches 0 after the last update."""
-    decay_steps = decay * steps
-    return min(1.0, (steps - step) / decay_steps) if decay_steps else 1.0
 
 
 def train(

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from gankit.errors import GankitError
+from gankit.game import lr_scale
 from gankit.labs.players import Discriminator, Generator, sample_z
 from gankit.losses import GAN_LOSSES
 from gankit.toy import GaussianMixture1D, optimal_discriminator
@@ -125,11 +126,8 @@ def run_lab1d(cfg: Lab1DConfig, run_dir: Path) -> dict:
     opts = [torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(0.5, 0.999))]
     if not cfg.freeze_g:
         opts.append(torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(0.5, 0.999)))
-    decay_steps = round(cfg.decay * cfg.steps)
     scheds = [
-        torch.optim.lr_scheduler.LambdaLR(
-            o, lambda s: min(1.0, (cfg.steps - s) / decay_steps) if decay_steps else 1.0
-        )
+        torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_scale(s, cfg.steps, cfg.decay))
         for o in opts
     ]
     gen = torch.Generator().manual_seed(cfg.seed + 1)

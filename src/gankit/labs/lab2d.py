@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from gankit.errors import GankitError
-from gankit.game import add_ema
+from gankit.game import add_ema, lr_scale
 from gankit.labs.players import Discriminator, Generator
 from gankit.labs.remedies import BEST, REMEDIES, fit_optimal_d, game_step, rejection_sample
 from gankit.metrics.mixture import DEFAULT_SAMPLES, mixture_metrics
@@ -179,12 +179,10 @@ def run_lab2d(cfg: Lab2DConfig, run_dir: Path) -> dict:
         G_ema = add_ema({"G": G}, cfg.ema)["G_ema"]
         sampler = G_ema.module
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # data and latents, separate from init
-    decay_steps = round(cfg.decay * cfg.steps)
-
-    def lr_factor(step: int) -> float:  # 1, then a linear fall to 0 over the last decay_steps
-        return min(1.0, (cfg.steps - step) / decay_steps) if decay_steps else 1.0
-
-    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lr_factor) for o in (opt_g, opt_d)]
+    scheds = [
+        torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_scale(s, cfg.steps, cfg.decay))
+        for o in (opt_g, opt_d)
+    ]
     real_fn = lambda n: target.sample(n, gen)  # noqa: E731
     z_fn = lambda n: torch.randn(n, cfg.nz, generator=gen)  # noqa: E731
     eval_gen = torch.Generator().manual_seed(10_000 + cfg.seed)  # evaluation draws its own
