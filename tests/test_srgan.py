@@ -163,3 +163,25 @@ def test_bad_sr_options_are_refused(over, message, tmp_path):
         return
     with pytest.raises(GankitError, match=message):
         load_config(None, TINY | over)
+
+
+def test_dihedral_augmentation_draws_the_eight_symmetries_of_a_patch():
+    torch.manual_seed(0)
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    seen = {tuple(srgan.random_dihedral(x).flatten().tolist()) for _ in range(200)}
+    assert len(seen) == 8  # 4 rotations x flipped or not, all distinct for this patch
+    assert all(sorted(s) == list(range(16)) for s in seen)  # pixels moved, none changed
+
+
+def test_resume_is_exact_with_dihedral_augmentation(tmp_path):
+    over = TINY | {"model.stage": "srresnet", "model.dihedral": "true", "dataset": "photos"}
+    over |= {"img_size": "32", "batch_size": "4", "device": "cpu", "n_fixed": "4"}
+    train(load_config(None, over | {"steps": "6"}), tmp_path / "full", progress=False, log=quiet)
+    train(load_config(None, over | {"steps": "3"}), tmp_path / "part", progress=False, log=quiet)
+    cfg = load_config(None, over | {"steps": "6"})
+    train(cfg, tmp_path / "part", resume=True, progress=False, log=quiet)
+    from gankit import checkpoint as ckpt
+
+    a = ckpt.read(tmp_path / "full" / "checkpoints" / "last.safetensors", ("G",))[0]
+    b = ckpt.read(tmp_path / "part" / "checkpoints" / "last.safetensors", ("G",))[0]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

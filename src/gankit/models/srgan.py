@@ -65,6 +65,7 @@ class Config:
     bicubic_skip: bool = True  # G adds its output to the bicubic upscale; false = the paper's G
     norm: str = "batch"  # G's normalisation: batch (the paper) | none (EDSR: no BatchNorm)
     pixel_loss: str = "mse"  # stage 1's loss (and pixel content): mse (the paper) | l1 (EDSR)
+    dihedral: bool = False  # each batch in a random one of the square's 8 flips/rotations (EDSR)
 
     def __post_init__(self):
         if self.scale not in (2, 4):
@@ -141,6 +142,7 @@ class Generator(nn.Module):
         # Read by the step. A G that starts from an SRResNet run (init) is pretrained already.
         self.scale, self.adv_weight = cfg.scale, cfg.adv_weight
         self.pixel_loss = PIXEL_LOSSES[cfg.pixel_loss]
+        self.dihedral = cfg.dihedral
         self.pretrain_steps = 0 if cfg.init else cfg.pretrain_steps
         nf = cfg.nf
         self.head = nn.Sequential(nn.Conv2d(channels, nf, 9, 1, 4), nn.PReLU(nf))
@@ -336,6 +338,14 @@ def generate(nets: dict[str, nn.Module], lr: Tensor, labels: Tensor | None = Non
     return nets["G"](lr)
 
 
+def random_dihedral(hr: Tensor) -> Tensor:
+    """The batch in one of the 8 symmetries of the square (4 rotations, each flipped or not),
+    drawn from torch's global generator, which a checkpoint saves (as it does for dropout)."""
+    k, flip = torch.randint(4, (2,)).tolist()
+    hr = torch.rot90(hr, k, dims=(2, 3))
+    return hr.flip(3) if flip % 2 else hr
+
+
 def _g_updates(opt: torch.optim.Optimizer) -> int:
     """G updates so far, read from Adam's state (so it survives a resume)."""
     states = list(opt.state.values())
@@ -346,6 +356,8 @@ def step(nets, opts, batches, z_fn, game, train_g: bool = True) -> dict[str, Ten
     """Stage 1 (no D, or during pretrain_steps): pixel MSE. Stage 2: the D step(s), then G on
     content + adv_weight * adversarial loss."""
     G, opt_g = nets["G"], opts["G"]
+    if G.dihedral:
+        batches = [(random_dihedral(hr), labels) for hr, labels in batches]
     out = {}
     if "D" not in nets or _g_updates(opt_g) < G.pretrain_steps:
         for hr, _ in batches:
