@@ -51,9 +51,7 @@ class TrainConfig:
     lr_d: float = 2e-4  # Adam learning rate of D
     beta1: float = 0.5  # Adam beta1 (0.5 as in DCGAN; 0.9 is Adam's default)
     beta2: float = 0.999  # Adam beta2
-    lr_decay: float = (
-        0.0  # final fraction of steps over which both LRs fall linearly to 0; 0 = constant
-    )
+    lr_decay: float = 0.0  # final fraction of steps with both LRs falling linearly to 0
     n_critic: int = 1  # D updates per G update (WGAN-GP: 5)
     d_warmup: int = 0  # steps at the start in which only D trains
     label_smoothing: float = 0.0  # one-sided: D's target for reals is 1 - label_smoothing

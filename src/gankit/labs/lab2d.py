@@ -1,7 +1,8 @@
 """`gankit lab 2d`: mode collapse on the ring and grid mixtures, watched and scored.
 
 Every `every` steps the lab draws G's samples (from the moving average of G's weights
-when `ema` is on) over the data with D's output as a heatmap behind them, and scores 2,500 samples with `gankit.metrics.mixture_metrics`
+when `ema` is on) over the data with D's output as a heatmap behind them, and scores
+2,500 samples with `gankit.metrics.mixture_metrics`
 (modes captured, % high quality, reverse KL). A run folder holds:
 
     config.yaml                   the resolved Lab2DConfig

@@ -341,9 +341,9 @@ def generate(nets: dict[str, nn.Module], lr: Tensor, labels: Tensor | None = Non
 def random_dihedral(hr: Tensor) -> Tensor:
     """The batch in one of the 8 symmetries of the square (4 rotations, each flipped or not),
     drawn from torch's global generator, which a checkpoint saves (as it does for dropout)."""
-    k, flip = torch.randint(4, (2,)).tolist()
-    hr = torch.rot90(hr, k, dims=(2, 3))
-    return hr.flip(3) if flip % 2 else hr
+    code = int(torch.randint(8, ()))  # rotation code % 4, flipped when code >= 4
+    hr = torch.rot90(hr, code % 4, dims=(2, 3))
+    return hr.flip(3) if code >= 4 else hr
 
 
 def _g_updates(opt: torch.optim.Optimizer) -> int:
