@@ -1,4 +1,5 @@
-"""Pieces the image families share: how labels enter G and D, spectral norm, D's norms.
+"""Pieces the image families share: how labels enter G and D, spectral norm, D's norms,
+and the Gaussian latent with its G.
 
 Conditioning (Mirza & Osindero 2014), chosen by a family's `cond` field:
 
@@ -97,3 +98,15 @@ def d_norm_layer(kind: str, channels: int) -> nn.Module:
     if kind == "instance":
         return nn.GroupNorm(channels, channels)  # one group per channel = InstanceNorm, affine
     return nn.Identity()
+
+
+def gaussian_noise(
+    cfg, n: int, generator: torch.Generator, device: torch.device | str = "cpu"
+) -> Tensor:
+    """z ~ N(0, I), shaped (n, cfg.nz), drawn from `generator` (which lives on `device`)."""
+    return torch.randn(n, cfg.nz, generator=generator, device=device)
+
+
+def generate_with_g(nets: dict[str, nn.Module], z: Tensor, labels: Tensor | None = None) -> Tensor:
+    """Images in [-1, 1] from latents z (B, nz) and, when conditional, labels (B,)."""
+    return nets["G"](z, labels)

@@ -26,6 +26,8 @@ from gankit.models.layers import (
     Head,
     LabelledLatent,
     check_conditioning,
+    gaussian_noise,
+    generate_with_g,
     label_count,
     one_hot,
     spectral_norm_all,
@@ -132,16 +134,6 @@ def build(
     }
 
 
-def noise(
-    cfg: Config, n: int, generator: torch.Generator, device: torch.device | str = "cpu"
-) -> Tensor:
-    """z ~ N(0, I), shaped (n, nz), drawn from `generator` (which lives on `device`)."""
-    return torch.randn(n, cfg.nz, generator=generator, device=device)
-
-
-def generate(nets: dict[str, nn.Module], z: Tensor, labels: Tensor | None = None) -> Tensor:
-    """Images in [-1, 1] from latents z (B, nz) and, when conditional, labels (B,)."""
-    return nets["G"](z, labels)
-
-
+noise = gaussian_noise  # z ~ N(0, I), (n, nz)
+generate = generate_with_g  # G(z, labels)
 step = adversarial_step  # the standard alternating D/G game

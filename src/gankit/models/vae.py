@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from gankit.errors import GankitError
 from gankit.models.dcgan import layout
+from gankit.models.layers import gaussian_noise
 
 ADVERSARIAL = False  # trained by maximising the ELBO, not by the D/G game
 ARCHS = ("mlp", "conv")
@@ -132,11 +133,7 @@ def build(
     return {"E": Encoder(cfg, img_shape), "G": Decoder(cfg, img_shape)}
 
 
-def noise(
-    cfg: Config, n: int, generator: torch.Generator, device: torch.device | str = "cpu"
-) -> Tensor:
-    """z ~ N(0, I), the prior, shaped (n, nz)."""
-    return torch.randn(n, cfg.nz, generator=generator, device=device)
+noise = gaussian_noise  # z ~ N(0, I), the prior, (n, nz)
 
 
 def generate(nets: dict[str, nn.Module], z: Tensor, labels: Tensor | None = None) -> Tensor:
