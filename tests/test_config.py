@@ -62,6 +62,7 @@ def test_defaults_are_the_classic_tutorial():
         ({"ema": "1"}, "ema must be in"),
         ({"aux-weight": "2"}, "set --model.cond acgan"),
         ({"gp-weight": "-1"}, "must be >= 0"),
+        ({"amp": "fp8"}, "amp must be one of none, bf16"),
     ],
 )
 def test_bad_config_is_refused(overrides, message):

@@ -166,6 +166,57 @@ def test_resume_is_exact_with_labels_ema_augment_and_instance_noise(tmp_path, mo
         assert torch.equal(a[k], b[k]), k
 
 
+def test_bf16_autocast_trains_in_bfloat16_and_keeps_float32_weights(tmp_path, monkeypatch):
+    from gankit.config import load_config
+
+    seen = []
+    real_forward = torch.nn.Conv2d.forward
+
+    def spy(self, x):
+        out = real_forward(self, x)
+        seen.append(out.dtype)
+        return out
+
+    over = DCGAN_TINY | {"steps": "20", "device": "cpu", "batch_size": "16", "log_every": "5"}
+    train(load_config(None, over), tmp_path / "off", progress=False, log=quiet)
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", spy)
+    on = train(
+        load_config(None, over | {"amp": "bf16"}), tmp_path / "on", progress=False, log=quiet
+    )
+    assert torch.bfloat16 in seen  # the step's convolutions ran in bfloat16 ...
+    a, b = weights(tmp_path / "off"), weights(tmp_path / "on")
+    assert all(v.dtype != torch.bfloat16 for v in b.values())  # ... the weights stay float32
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("G."))
+    assert all(math.isfinite(v) for v in on.scalars.values())
+
+
+def test_resume_is_exact_with_bf16_autocast_and_channels_last(tmp_path):
+    from gankit.config import load_config
+
+    over = DCGAN_TINY | {"amp": "bf16", "channels_last": "true", "device": "cpu"}
+    over |= {"batch_size": "16", "ckpt_every": "4", "sample_every": "4"}
+    train(load_config(None, over | {"steps": "10"}), tmp_path / "full", progress=False, log=quiet)
+    train(load_config(None, over | {"steps": "6"}), tmp_path / "part", progress=False, log=quiet)
+    cfg = load_config(None, over | {"steps": "10"})
+    train(cfg, tmp_path / "part", resume=True, progress=False, log=quiet)
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "part")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_channels_last_changes_the_layout_not_the_model(tmp_path):
+    from gankit.config import load_config
+
+    over = DCGAN_TINY | {"steps": "3", "device": "cpu", "batch_size": "16"}
+    train(load_config(None, over), tmp_path / "nchw", progress=False, log=quiet)
+    cfg = load_config(None, over | {"channels_last": "true"})
+    train(cfg, tmp_path / "nhwc", progress=False, log=quiet)
+    a, b = weights(tmp_path / "nchw"), weights(tmp_path / "nhwc")
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-4), k
+
+
 def test_a_conditional_gan_trains_on_an_image_folder_labelled_by_subfolder(tmp_path):
     import numpy as np
     from PIL import Image

@@ -131,6 +131,23 @@ def unpack_optimizers(
             raise GankitError(
                 f"checkpoint {path} does not match optimiser {name}: {_first_line(e)}"
             ) from None
+        _match_layouts(opt)
+
+
+def _match_layouts(opt: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor its parameter's memory layout: a checkpoint stores
+    them contiguous, and a fused Adam step reads a channels_last weight and its moments as if
+    they were laid out alike."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            for key, value in state.items():
+                if (
+                    torch.is_tensor(value)
+                    and value.shape == p.shape
+                    and value.stride() != p.stride()
+                ):
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def save_checkpoint(

@@ -29,6 +29,8 @@ from gankit.errors import GankitError
 from gankit.losses import GAN_LOSSES
 from gankit.models import MODELS, is_adversarial
 
+AMP_MODES = ("none", "bf16")  # not "off": YAML reads that as false
+
 
 @dataclass
 class DataConfig:
@@ -62,6 +64,10 @@ class TrainConfig:
     ema: float = 0.0  # decay of a moving average of G's weights used to sample; 0 = off
     augment: str = ""  # DiffAugment policy, e.g. "color,translation,cutout"; "" = off
     instance_noise: float = 0.0  # std of noise added to D's inputs, annealed to 0; 0 = off
+    amp: str = (
+        "none"  # none | bf16: the step under bfloat16 autocast (weights and Adam stay float32)
+    )
+    channels_last: bool = False  # convolutions in NHWC memory layout (faster on CPU and GPU)
     seed: int = 0  # seeds weights, batches, noise and dropout
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     log_every: int = 50  # steps between scalar logs (TensorBoard, progress bar)
@@ -109,6 +115,8 @@ class TrainConfig:
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1) (e.g. 0.999), got {self.ema}")
         parse_policy(self.augment)
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 

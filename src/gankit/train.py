@@ -29,7 +29,7 @@ from gankit import checkpoint as ckpt
 from gankit.augment import parse_policy
 from gankit.config import Config, save_config
 from gankit.data import BatchSampler, make_dataset, to_uint8, to_unit_range
-from gankit.device import resolve_device
+from gankit.device import autocast, resolve_device
 from gankit.errors import GankitError
 from gankit.evaluate import Evaluator, append_jsonl, lower_is_better, timestamp
 from gankit.game import GameSettings, add_ema, lr_scale, make_optimizers, sampling_nets
@@ -93,6 +93,8 @@ def train(
             f"it; score (N, 2) samples with gankit eval --samples FILE.npy --data {cfg.data.dataset}"
         )
     images = data.images.to(device)
+    if t.channels_last:  # NHWC: what oneDNN's and cuDNN's fastest convolutions read
+        images = images.contiguous(memory_format=torch.channels_last)
     conditional = is_conditional(cfg.model)
     if conditional and data.labels is None:
         raise GankitError(
@@ -123,6 +125,8 @@ def train(
     }
     if hasattr(family, "initialize"):
         family.initialize(cfg.model, nets, log)
+    if t.channels_last:  # 4D weights only; the values are unchanged
+        nets = {k: v.to(memory_format=torch.channels_last) for k, v in nets.items()}
     if t.ema:
         nets = add_ema(nets, t.ema)
     # D, D0, D1...: the discriminators' rate; G, E (a VAE's encoder), G0...: the generators'.
@@ -183,6 +187,7 @@ def train(
         content_net=content_net,
     )
 
+    amp = autocast(device, t.amp)  # refuses bf16 on a GPU without it, before any step
     for net in nets.values():
         net.train()
     from tqdm.auto import tqdm
@@ -209,7 +214,8 @@ def train(
                         group["lr"] = lr[name] * scale
             if t.instance_noise:  # annealed linearly to 0 over the run
                 game = replace(game, instance_noise=t.instance_noise * (1 - step / t.steps))
-            out = family.step(nets, opts, batches, z_fn, game, train_g=step >= t.d_warmup)
+            with amp:
+                out = family.step(nets, opts, batches, z_fn, game, train_g=step >= t.d_warmup)
             step += 1
             for k, v in out.items():  # running sums stay on the device: no sync per step
                 window[k] = window.get(k, 0) + v
