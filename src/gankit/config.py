@@ -64,9 +64,7 @@ class TrainConfig:
     ema: float = 0.0  # decay of a moving average of G's weights used to sample; 0 = off
     augment: str = ""  # DiffAugment policy, e.g. "color,translation,cutout"; "" = off
     instance_noise: float = 0.0  # std of noise added to D's inputs, annealed to 0; 0 = off
-    amp: str = (
-        "none"  # none | bf16: the step under bfloat16 autocast (weights and Adam stay float32)
-    )
+    amp: str = "none"  # none | bf16: steps under bfloat16 autocast; weights stay float32
     channels_last: bool = False  # convolutions in NHWC memory layout (faster on CPU and GPU)
     seed: int = 0  # seeds weights, batches, noise and dropout
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
