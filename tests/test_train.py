@@ -24,6 +24,15 @@ def weights(run_dir):
     return tensors
 
 
+def assert_same_weights(run_a, run_b) -> dict:
+    """Two runs' last checkpoints hold the same tensors, bit for bit; returns run_a's."""
+    a, b = weights(run_a), weights(run_b)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    return a
+
+
 def test_short_run_on_real_digits_moves_the_game(tiny_cfg, tmp_path):
     s = train(tiny_cfg(steps=200, log_every=20), tmp_path / "run", progress=False, log=quiet)
     assert s.step == 200 and s.epochs == pytest.approx(200 * 32 / 4000, abs=0.01)
@@ -65,10 +74,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_cfg, tmp_path):
     train(tiny_cfg(steps=50), tmp_path / "full", progress=False, log=quiet)
     train(tiny_cfg(steps=30), tmp_path / "part", progress=False, log=quiet)
     train(tiny_cfg(steps=50), tmp_path / "part", resume=True, progress=False, log=quiet)
-    a, b = weights(tmp_path / "full"), weights(tmp_path / "part")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_weights(tmp_path / "full", tmp_path / "part")
 
 
 def test_ctrl_c_saves_at_a_step_boundary_and_resumes_exactly(tiny_cfg, tmp_path, monkeypatch):
@@ -89,9 +95,7 @@ def test_ctrl_c_saves_at_a_step_boundary_and_resumes_exactly(tiny_cfg, tmp_path,
     assert s.step == 13 and ckpt.read_meta(last_checkpoint(tmp_path / "part"))["step"] == 13
     monkeypatch.setattr(mlp, "step", real_step)
     train(tiny_cfg(steps=40, n_critic=2), tmp_path / "part", resume=True, progress=False, log=quiet)
-    a, b = weights(tmp_path / "full"), weights(tmp_path / "part")
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_weights(tmp_path / "full", tmp_path / "part")
 
 
 def test_numbered_checkpoints_are_pruned_to_keep(tiny_cfg, tmp_path):
@@ -160,10 +164,8 @@ def test_resume_is_exact_with_labels_ema_augment_and_instance_noise(tmp_path, mo
     assert train(cfg, tmp_path / "part", progress=False, log=quiet).step == 7
     monkeypatch.setattr(dcgan, "step", real_step)
     train(cfg, tmp_path / "part", resume=True, progress=False, log=quiet)
-    a, b = weights(tmp_path / "full"), weights(tmp_path / "part")
-    assert any(k.startswith("G_ema.") for k in a) and a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    a = assert_same_weights(tmp_path / "full", tmp_path / "part")
+    assert any(k.startswith("G_ema.") for k in a)
 
 
 def test_bf16_autocast_trains_in_bfloat16_and_keeps_float32_weights(tmp_path, monkeypatch):
@@ -199,10 +201,7 @@ def test_resume_is_exact_with_bf16_autocast_and_channels_last(tmp_path):
     train(load_config(None, over | {"steps": "6"}), tmp_path / "part", progress=False, log=quiet)
     cfg = load_config(None, over | {"steps": "10"})
     train(cfg, tmp_path / "part", resume=True, progress=False, log=quiet)
-    a, b = weights(tmp_path / "full"), weights(tmp_path / "part")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_weights(tmp_path / "full", tmp_path / "part")
 
 
 def test_channels_last_changes_the_layout_not_the_model(tmp_path):
