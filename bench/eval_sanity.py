@@ -19,9 +19,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from gankit.data import make_dataset
+from gankit.data import make_dataset, stack_digits
 from gankit.metrics import classifier_for, evaluate_images, extract, mixture_metrics
-from gankit.metrics.stacked import DEFAULT_SAMPLES, stack_digits, stacked_mnist_modes
+from gankit.metrics.stacked import DEFAULT_SAMPLES, stacked_mnist_modes
 from gankit.toy import MIXTURES
 
 COLUMNS = ("fd", "kid", "precision", "recall", "density", "coverage", "class_kl", "classes_missing")

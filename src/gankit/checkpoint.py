@@ -183,3 +183,27 @@ def load_checkpoint(
 def read_meta(path: Path) -> dict:
     """Only the JSON metadata (config, image shape, step): cheap, loads no tensors."""
     return read(path, names=())[1]
+
+
+def find_checkpoint(run: str | Path, which: str | None = None) -> Path:
+    """A checkpoint path from a run folder and `which`: None/"last", "best", a step number, or a file path."""
+    run = Path(run)
+    if which and Path(which).is_file():
+        return Path(which)
+    if run.is_file():
+        return run
+    if not run.is_dir():
+        raise GankitError(f"run folder {run} does not exist")
+    folder = run / "checkpoints"
+    if which in (None, "last", "best"):
+        path = folder / f"{which or 'last'}.safetensors"
+    elif which.isdigit():
+        path = folder / f"step-{int(which):08d}.safetensors"
+    else:
+        path = Path(which)
+    if not path.is_file():
+        have = sorted(p.stem for p in folder.glob("*.safetensors")) if folder.is_dir() else []
+        raise GankitError(
+            f"checkpoint {path} does not exist (available: {', '.join(have) or 'none'})"
+        )
+    return path

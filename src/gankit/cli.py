@@ -41,6 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--nproc",
+        metavar="N",
+        help="train with N processes on this machine (torch's elastic launcher; one GPU each, "
+        "else gloo on the CPU); the batch stays global",
+    )
+    t.add_argument(
+        "--master-port", metavar="PORT", help="--nproc: rendezvous port (default: a free one)"
+    )
+    t.add_argument(
+        "--max-restarts",
+        metavar="K",
+        help="--nproc: restart the workers up to K times after a failure (default: 0)",
+    )
+    t.add_argument(
+        "--sync-bn", action="store_true", help="several processes: BatchNorm over the global batch"
+    )
 
     s = sub.add_parser("sample", help="draw images from a trained run")
     s.add_argument("run", help="run folder (or a checkpoint file)")
@@ -198,13 +215,18 @@ def parse_overrides(tokens: list[str]) -> dict[str, str]:
     return out
 
 
-def cmd_train(args, extra: list[str]) -> int:
+LAUNCHER_OPTIONS = ("--nproc", "--master-port", "--max-restarts")
+
+
+def cmd_train(args, extra: list[str], argv: list[str]) -> int:
     from gankit.config import apply_overrides, from_dict, load_yaml
 
     overrides = parse_overrides(extra)
     for key in ("steps", "seed"):
         if getattr(args, key) is not None:
             overrides[f"train.{key}"] = getattr(args, key)
+    if args.sync_bn:
+        overrides["train.sync_bn"] = "true"
     if args.resume:
         if args.config or args.name:
             raise GankitError(
@@ -222,13 +244,78 @@ def cmd_train(args, extra: list[str]) -> int:
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
-    if not args.resume:
-        run_dir = new_run_dir(Path(args.runs_dir), args.name, cfg.model.family)
+    if args.nproc is not None:
+        return launch_workers(args, cfg, argv)
+    from gankit import distributed
 
-    from gankit.train import train
+    d = distributed.setup(cfg.train.device, cfg.train.dist_timeout)
+    try:
+        return train_here(args, cfg, d, run_dir if args.resume else None)
+    finally:
+        distributed.teardown(d)
 
-    print(f"run folder: {run_dir}")
-    summary = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+
+def launch_workers(args, cfg, argv: list[str]) -> int:
+    """`--nproc N`: check what can be checked here, fix the run folder, start N workers."""
+    from gankit import distributed
+
+    nproc = _int_option(args.nproc, "--nproc", 1)
+    port = _int_option(args.master_port or "0", "--master-port", 0)
+    restarts = _int_option(args.max_restarts or "0", "--max-restarts", 0)
+    if port > 65535:
+        raise GankitError(f"--master-port must be at most 65535, got {port}")
+    if cfg.train.batch_size % nproc:
+        raise GankitError(
+            f"train.batch_size {cfg.train.batch_size} does not divide by --nproc {nproc}: "
+            "each rank takes an equal slice of the global batch"
+        )
+    worker_argv, skip = [], False
+    for tok in argv[1:]:  # argv[0] is "train"
+        if skip:
+            skip = False
+        elif tok in LAUNCHER_OPTIONS:
+            skip = True
+        elif not tok.startswith(tuple(f"{o}=" for o in LAUNCHER_OPTIONS)):
+            worker_argv.append(tok)
+    if not args.resume and not args.name:  # every worker and every restart: one folder
+        run_dir = new_run_dir(Path(args.runs_dir), None, cfg.model.family)
+        worker_argv += ["--name", run_dir.name]
+    return distributed.launch(nproc, worker_argv, port, restarts, cfg.train.dist_timeout)
+
+
+def _int_option(text: str, flag: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise GankitError(f"{flag} takes a whole number, got {text!r}") from None
+    if value < minimum:
+        raise GankitError(f"{flag} must be >= {minimum}, got {value}")
+    return value
+
+
+def train_here(args, cfg, d, run_dir: Path | None) -> int:
+    """This process's part of the run (all of it, in a single process)."""
+    import os
+
+    from gankit import distributed
+    from gankit.train import last_checkpoint, train
+
+    resume = run_dir is not None
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+    if not resume:
+        if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0 and not args.name:
+            raise GankitError("--max-restarts needs --name, so that restarted workers find the run")
+        if restarted and args.name and (Path(args.runs_dir) / args.name).is_dir():
+            run_dir = Path(args.runs_dir) / args.name  # the group restarted: carry on in it
+            resume = last_checkpoint(run_dir).is_file()
+        else:  # rank 0 names the folder (the clock may differ between ranks)
+            runs, name, family = Path(args.runs_dir), args.name, cfg.model.family
+            run_dir = distributed.agree(d, lambda: new_run_dir(runs, name, family))
+    say = print if d.is_main else distributed.silent
+    say(f"run folder: {run_dir}")
+    summary = train(cfg, run_dir, resume=resume, progress=not args.no_progress, dist=d)
+    if not d.is_main:
+        return 0
     if summary.seconds:
         print(
             f"trained to step {summary.step} (epoch {summary.epochs:.1f}) in {summary.seconds:.0f} s, "
@@ -590,11 +677,15 @@ def _first_comment(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    if not os.environ.get("GANKIT_DEBUG"):  # before torch loads: c10d's C++ log lines (a
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")  # rendezvous retrying) are noise
     argv = sys.argv[1:] if argv is None else argv
     try:
         args, extra = build_parser().parse_known_args(argv)
         if args.command == "train":
-            return cmd_train(args, extra)
+            return cmd_train(args, extra, argv)
         if extra:
             raise GankitError(f"unrecognized arguments: {' '.join(extra)}")
         if args.command == "sample":
@@ -607,11 +698,29 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_upscale(args)
         return cmd_list()
     except GankitError as e:
-        print(f"gankit: error: {e}", file=sys.stderr)
+        report_error(e)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("gankit: interrupted", file=sys.stderr)
         return 130
+
+
+def report_error(e: GankitError) -> None:
+    """One line on stderr. A worker of an elastic launcher also records it in the error file
+    the launcher reads; under `gankit train --nproc` the launcher alone prints it."""
+    import json
+    import os
+
+    line = f"gankit: error: {e}"
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        record = {"message": line, "timestamp": int(time.time()), "gankit": type(e).__name__}
+        try:
+            Path(path).write_text(json.dumps(record))
+        except OSError:
+            pass
+    if not os.environ.get("GANKIT_LAUNCHED"):
+        print(line, file=sys.stderr)
 
 
 def main_entry() -> None:

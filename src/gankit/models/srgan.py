@@ -315,7 +315,7 @@ def initialize(cfg: Config, nets: dict[str, nn.Module], log=print) -> None:
     if not cfg.init:
         return
     from gankit import checkpoint as ckpt
-    from gankit.sample import find_checkpoint
+    from gankit.checkpoint import find_checkpoint
 
     path = find_checkpoint(cfg.init)
     ckpt.load_checkpoint(path, {"G": nets["G"]})
