@@ -200,15 +200,13 @@ def average_gradients(d: Dist, opts: dict[str, torch.optim.Optimizer]) -> None:
     if not d.enabled:
         return
 
-    def hook(opt, args, kwargs):
-        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
+    def average(flat: Tensor) -> None:
         dist.all_reduce(flat)
         flat.div_(d.world_size)
-        for g, chunk in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
-            g.copy_(chunk.view(g.shape))  # copy_ keeps each gradient's memory layout
+
+    def hook(opt, args, kwargs):
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        _flat_in_place(grads, average)
 
     for opt in opts.values():
         opt.register_step_pre_hook(hook)
@@ -220,11 +218,18 @@ def broadcast_buffers(d: Dist, nets: dict[str, nn.Module]) -> None:
     if not d.enabled:
         return
     bufs = [b for net in nets.values() for b in net.buffers() if b.is_floating_point()]
-    if bufs:
-        flat = torch.cat([b.reshape(-1) for b in bufs])
-        dist.broadcast(flat, src=0)
-        for b, chunk in zip(bufs, flat.split([b.numel() for b in bufs]), strict=True):
-            b.copy_(chunk.view(b.shape))
+    _flat_in_place(bufs, lambda flat: dist.broadcast(flat, src=0))
+
+
+def _flat_in_place(tensors: list[Tensor], collective: Callable[[Tensor], object]) -> None:
+    """One collective over the tensors' concatenation, its result copied back into each
+    (copy_ keeps each tensor's memory layout, channels_last included)."""
+    if not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    collective(flat)
+    for t, chunk in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
+        t.copy_(chunk.view(t.shape))
 
 
 # ----------------------------------------------------------------------------- SyncBatchNorm
@@ -387,6 +392,7 @@ def check_consistency(d: Dist, nets: dict[str, nn.Module]) -> None:
 def launch(nproc: int, argv: list[str], port: int, max_restarts: int, timeout_s: float) -> int:
     """`gankit train --nproc N ...`: N workers on this machine through torch's elastic
     launcher (what torchrun runs), each `python -m gankit train argv`."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -409,8 +415,6 @@ def launch(nproc: int, argv: list[str], port: int, max_restarts: int, timeout_s:
         max_restarts=max_restarts,
         monitor_interval=0.1,
     )
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-
     # The agent's own log lines (which signal it sent, which rank failed) would stand
     # beside the one line that says what happened.
     for name in list(logging.root.manager.loggerDict):

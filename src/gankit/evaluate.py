@@ -173,10 +173,7 @@ class Evaluator:
         fake = metrics.Features(seen["feats"], seen["probs"], self.classifier.name)
         if labels is not None and len(labels) != len(fake):
             raise GankitError(f"{len(labels)} labels for {len(fake)} samples")
-        results = metrics.evaluate_features(fake, self.real, seed=seed)
-        if labels is not None:
-            results |= metrics.label_accuracy(fake.probs, labels)
-        return results
+        return metrics.evaluate_features(fake, self.real, seed=seed, labels=labels)
 
 
 def likelihood_metrics(

@@ -143,14 +143,18 @@ def evaluate_features(
     real: Features,
     metrics: tuple[str, ...] = tuple(METRICS),
     seed: int = 0,
+    labels: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Run the named metric families on precomputed features; one flat dict."""
+    """Run the named metric families on precomputed features; one flat dict. `labels` (N,),
+    the classes a conditional generator drew the fakes for, adds label_accuracy(_min)."""
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise GankitError(f"unknown metric {unknown[0]!r}: choose from {', '.join(METRICS)}")
     results: dict[str, float] = {}
     for name in metrics:  # a fresh generator each, so a family's result never depends on the others
         results.update(METRICS[name](fake, real, torch.Generator().manual_seed(seed)))
+    if labels is not None:
+        results |= label_accuracy(fake.probs, labels)
     return results
 
 
@@ -183,10 +187,7 @@ def evaluate_images(
         labels = labels[idx] if labels is not None else None
     real_features = real if isinstance(real, Features) else extract(real, classifier)
     fake_features = extract(fake, classifier)
-    results = evaluate_features(fake_features, real_features, metrics, seed)
-    if labels is not None:
-        results |= label_accuracy(fake_features.probs, labels)
-    return results
+    return evaluate_features(fake_features, real_features, metrics, seed, labels)
 
 
 __all__ = [
