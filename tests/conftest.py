@@ -1,3 +1,5 @@
+import signal
+
 import pytest
 
 from gankit.cli import main
@@ -36,3 +38,19 @@ def one_line_error(capsys, argv, expect):
     assert len(lines) == 1 and lines[0].startswith("gankit: error:"), err
     assert expect in lines[0]
     assert "Traceback" not in err
+
+
+def interrupt_after(monkeypatch, family, n: int):
+    """The family's step raises SIGINT after its n-th call, as a user's Ctrl-C mid-run
+    would; returns a function that puts the real step back."""
+    calls, real_step = {"n": 0}, family.step
+
+    def interrupted_step(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == n:
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(family, "step", interrupted_step)
+    return lambda: monkeypatch.setattr(family, "step", real_step)

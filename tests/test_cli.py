@@ -1,4 +1,8 @@
+import contextlib
+import io
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,16 +16,29 @@ TINY = ["--g-widths", "32,64", "--d-widths", "64,32", "--device", "cpu", "--no-p
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """One short trained run shared by the sampling tests."""
+def trained(tmp_path_factory):
+    """One short trained run shared by the sampling tests (checkpoints at steps 10, 20, 30),
+    and what `gankit train` printed. Tests that change a run work on a copy."""
     runs = tmp_path_factory.mktemp("runs")
-    assert main(["train", "--steps", "30", "--name", "r", "--runs-dir", str(runs), *TINY]) == 0
-    return runs / "r"
+    argv = ["train", "--steps", "30", "--ckpt-every", "10", "--name", "r", "--runs-dir", str(runs)]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main([*argv, *TINY]) == 0
+    return runs / "r", printed.getvalue()
 
 
-def test_train_prints_where_everything_is(run, capsys):
+@pytest.fixture
+def run(trained):
+    return trained[0]
+
+
+def test_train_prints_where_everything_is(trained):
+    run, out = trained
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.safetensors").is_file()
     assert any(p.name.startswith("events.out.tfevents") for p in run.iterdir())
+    assert "trained to step 30" in out
+    assert str(run / "checkpoints" / "last.safetensors") in out
+    assert f"gankit sample {run}" in out and f"tensorboard --logdir {run.parent}" in out
 
 
 def test_sample_npz_and_grid(run, tmp_path, capsys):
@@ -36,6 +53,8 @@ def test_sample_npz_and_grid(run, tmp_path, capsys):
         images = f["images"]
     assert images.shape == (25, 1, 28, 28) and images.dtype == np.uint8
     assert images.std() > 0 and grid.stat().st_size > 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [f"wrote {out}: images (25, 1, 28, 28) uint8 (step 30)", f"wrote {grid}"]
 
 
 def test_sampling_is_reproducible_by_seed(run, tmp_path):
@@ -48,13 +67,16 @@ def test_sampling_is_reproducible_by_seed(run, tmp_path):
     assert not np.array_equal(draw(1, "a.npz"), draw(2, "c.npz"))
 
 
-def test_sample_from_a_numbered_checkpoint(run, tmp_path):
-    assert (
-        main(
-            ["sample", str(run), "--checkpoint", "30", "--n", "4", "--out", str(tmp_path / "s.npz")]
-        )
-        == 0
-    )
+def test_sample_from_a_numbered_checkpoint(run, tmp_path, capsys):
+    def draw(which):
+        out = tmp_path / f"{which}.npz"
+        assert main(["sample", str(run), "--checkpoint", which, "--n", "4", "--out", str(out)]) == 0
+        with np.load(out) as f:
+            return f["images"], capsys.readouterr().out
+
+    (at_20, said_20), (last, said_last) = draw("20"), draw("last")
+    assert "(step 20)" in said_20 and "(step 30)" in said_last
+    assert not np.array_equal(at_20, last)  # same noise, other weights
 
 
 def test_dry_run_prints_resolved_config(capsys):
@@ -117,12 +139,14 @@ def test_unreadable_image_in_a_folder_dataset(tmp_path, capsys):
     one_line_error(capsys, argv, "cannot read image")
 
 
-def test_resume_continues_to_a_new_total(run, capsys):
-    assert main(["train", "--resume", str(run), "--steps", "40", "--no-progress"]) == 0
+def test_resume_continues_to_a_new_total(run, tmp_path, capsys):
+    copy = shutil.copytree(run, tmp_path / "r")  # the shared run stays at step 30
+    assert main(["train", "--resume", str(copy), "--steps", "40", "--no-progress"]) == 0
     assert "resumed" in capsys.readouterr().out
     from gankit.checkpoint import read_meta
 
-    assert read_meta(run / "checkpoints" / "last.safetensors")["step"] == 40
+    assert read_meta(copy / "checkpoints" / "last.safetensors")["step"] == 40
+    assert read_meta(run / "checkpoints" / "last.safetensors")["step"] == 30
 
 
 def test_module_entry_point_reports_errors_without_traceback(tmp_path):
@@ -172,12 +196,51 @@ def test_sample_one_class_and_a_grid_row_per_class(cond_run, tmp_path):
         assert np.bincount(f["labels"]).tolist() == [5] * 10
 
 
-def test_conditional_eval_reports_label_accuracy(cond_run, capsys):
-    assert main(["eval", str(cond_run), "--n", "200", "--json"]) == 0
-    import json
+def classified_as_asked(images, labels) -> tuple[float, float]:
+    """label_accuracy and label_accuracy_min worked out here: the share of images that
+    MnistNet (as gankit eval trains and caches it) puts in their label's class; the worst class."""
+    from gankit.data import make_dataset
+    from gankit.metrics import classifier_for
 
+    clf = classifier_for(make_dataset("mnist"), make_dataset("mnist", split="test"), log=None)
+    hits = (clf.predict_proba(images).argmax(1) == labels).double()
+    return hits.mean().item(), min(hits[labels == k].mean().item() for k in labels.unique())
+
+
+def test_conditional_eval_reports_label_accuracy(cond_run, capsys):
+    from gankit.data import to_unit_range
+    from gankit.sample import Sampler
+
+    assert main(["eval", str(cond_run), "--n", "200", "--json", "--device", "cpu"]) == 0
     metrics = json.loads(capsys.readouterr().out)["metrics"]
-    assert 0 <= metrics["label_accuracy_min"] <= metrics["label_accuracy"] <= 1
+    sampler = Sampler.load(cond_run, device="cpu")  # eval's draws: 20 per class, seed 0
+    labels = sampler.labels(200)
+    accuracy, worst = classified_as_asked(
+        to_unit_range(sampler.images(200, seed=0, labels=labels)), labels
+    )
+    assert metrics["label_accuracy"] == pytest.approx(accuracy)
+    assert metrics["label_accuracy_min"] == pytest.approx(worst)
+
+
+def test_label_accuracy_of_labelled_samples(tmp_path, capsys):
+    """Real held-out digits with their labels, but every 3 labelled 5: MnistNet finds most
+    digits where their labels say, and about half of the "5"s."""
+    import torch
+
+    from gankit.data import make_dataset, to_uint8, to_unit_range
+
+    test = make_dataset("mnist", split="test")
+    pick = torch.cat([torch.nonzero(test.labels == k)[:30, 0] for k in range(10)])  # 30 a class
+    images, labels = to_uint8(test.images[pick]), test.labels[pick].clone()
+    labels[labels == 3] = 5
+    path = tmp_path / "digits.npz"
+    np.savez(path, images=images.numpy(), labels=labels.numpy())
+    assert main(["eval", "--samples", str(path), "--data", "mnist", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)["metrics"]
+    accuracy, worst = classified_as_asked(to_unit_range(images), labels)
+    assert 0.8 < accuracy < 0.95 and 0.3 < worst < 0.7  # the relabelled 3s: not degenerate
+    assert metrics["label_accuracy"] == pytest.approx(accuracy)
+    assert metrics["label_accuracy_min"] == pytest.approx(worst)
 
 
 def test_conditional_and_model_errors_are_one_line(cond_run, run, tmp_path, capsys):

@@ -1,19 +1,21 @@
 """Every family with every loss, conditioning and regulariser: a step moves both players,
 save/load reproduces samples exactly, and the penalties mean what they say."""
 
+import copy
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from conftest import quiet
 from gankit import checkpoint as ckpt
 from gankit.augment import diff_augment, parse_policy
 from gankit.config import load_config
-from gankit.game import GameSettings, add_ema, make_optimizers, sampling_nets
+from gankit.game import GameSettings, add_ema, adversarial_step, make_optimizers, sampling_nets
 from gankit.losses import GAN_LOSSES, gradient_penalty, r1_penalty
-from gankit.models import MODELS, is_adversarial, is_conditional
+from gankit.models import MODELS, is_adversarial, is_conditional, srgan
 from gankit.sample import Sampler
 from gankit.train import train
 
@@ -43,9 +45,9 @@ def build(cfg, seed=0):
     return nets
 
 
-def one_step(cfg, nets, game: GameSettings):
+def one_step(cfg, nets, game: GameSettings, opts=None):
     family = MODELS[cfg.model.family]
-    opts = make_optimizers(nets, {k: 1e-3 for k in players(nets)}, (0.5, 0.999))
+    opts = opts or make_optimizers(nets, {k: 1e-3 for k in players(nets)}, (0.5, 0.999))
     gen = torch.Generator().manual_seed(1)
     real = torch.rand(16, *SHAPE, generator=gen) * 2 - 1
     labels = torch.randint(0, 10, (16,), generator=gen) if is_conditional(cfg.model) else None
@@ -220,14 +222,21 @@ def test_r1_penalty_is_the_squared_gradient_norm():
     assert r1_penalty(x @ w, x).item() == pytest.approx(9.0)
 
 
-def test_diff_augment_is_differentiable_twice_and_random_per_image():
+@pytest.mark.parametrize(
+    "policy",
+    [("color",), ("translation",), ("cutout",), ("color", "translation", "cutout")],
+    ids=",".join,
+)
+def test_diff_augment_is_differentiable_twice_and_random_per_image(policy):
     torch.manual_seed(0)
-    x = torch.rand(4, 3, 16, 16, requires_grad=True)
-    y = diff_augment(x, ("color", "translation", "cutout"))
+    x = torch.rand(1, 3, 16, 16).repeat(16, 1, 1, 1).requires_grad_(True)  # 16 copies of one
+    y = diff_augment(x, policy)
     assert y.shape == x.shape
     (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
     g.sum().backward()  # the double backward gradient penalties need
-    assert not torch.equal(y[0], y[1] * 0 + y[0].mean()) and torch.isfinite(x.grad).all()
+    assert torch.isfinite(x.grad).all()
+    # one draw for the whole batch would augment every copy alike
+    assert len(torch.unique(y.detach().flatten(1), dim=0)) > 1
 
 
 def test_translation_shifts_and_cutout_zeroes_a_square():
@@ -240,3 +249,148 @@ def test_translation_shifts_and_cutout_zeroes_a_square():
     cut = diff_augment(torch.ones(32, 1, 8, 8), ("cutout",))
     zeros = (cut == 0).sum(dim=(1, 2, 3))
     assert (zeros > 0).all() and (zeros <= 16).all()  # at most a 4 x 4 square, clipped at edges
+
+
+# ---- the step against the textbook loop, and where autocast reaches -----------------------------
+
+
+class TinyG(nn.Module):
+    """z (B, 4) -> x (B, 6) in [-1, 1]; ignores labels."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 6), nn.Tanh())
+
+    def forward(self, z, labels=None):
+        return self.net(z)
+
+
+class TinyD(nn.Module):
+    """x (B, 6) -> logits (B,); with BatchNorm the step scores reals and fakes separately."""
+
+    def __init__(self, batchnorm: bool = False):
+        super().__init__()
+        norm = nn.BatchNorm1d(16) if batchnorm else nn.Identity()
+        self.net = nn.Sequential(nn.Linear(6, 16), norm, nn.LeakyReLU(0.2), nn.Linear(16, 1))
+
+    def forward(self, x, labels=None):
+        return self.net(x).squeeze(1)
+
+
+def textbook_step(G, D, reals, zs, lr):
+    """Goodfellow et al.'s Algorithm 1 with the non-saturating G loss, written out with plain
+    SGD: one D step per real batch on -log D(x) - log(1 - D(G(z))), then G on -log D(G(z)),
+    G run again on the last z (Algorithm 1 would draw a new z; gankit reuses its last fake).
+    Returns D's gradient of its last step."""
+    opt_d, opt_g = torch.optim.SGD(D.parameters(), lr), torch.optim.SGD(G.parameters(), lr)
+    bce = F.binary_cross_entropy_with_logits
+    for real, z in zip(reals, zs, strict=True):
+        fake = G(z)
+        d_loss = bce(D(real), torch.ones(len(real))) + bce(D(fake.detach()), torch.zeros(len(z)))
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+    d_grads = [p.grad.clone() for p in D.parameters()]
+    g_loss = bce(D(G(zs[-1])), torch.ones(len(zs[-1])))
+    opt_g.zero_grad()
+    g_loss.backward()
+    opt_g.step()
+    return d_grads
+
+
+def gankit_and_textbook(n_critic: int, batchnorm: bool):
+    """The same tiny G and D, data and z, stepped once by adversarial_step and by the textbook
+    loop. SGD, not Adam: Adam's first step is lr * sign(grad), blind to a gradient's scale."""
+    gen = torch.Generator().manual_seed(0)
+    reals = [torch.rand(8, 6, generator=gen) * 2 - 1 for _ in range(n_critic)]
+    zs = [torch.randn(8, 4, generator=gen) for _ in range(n_critic)]
+    torch.manual_seed(0)
+    nets = {"G": TinyG(), "D": TinyD(batchnorm)}
+    ref = {k: copy.deepcopy(v) for k, v in nets.items()}
+    start = snapshot(nets)
+    opts = {k: torch.optim.SGD(v.parameters(), lr=0.1) for k, v in nets.items()}
+    draws = iter(zs)
+    adversarial_step(nets, opts, [(r, None) for r in reals], lambda n: next(draws))
+    d_grads = textbook_step(ref["G"], ref["D"], reals, zs, lr=0.1)
+    return nets, ref, d_grads, start
+
+
+@pytest.mark.parametrize("n_critic", [1, 2])
+@pytest.mark.parametrize("batchnorm", [False, True], ids=["joint", "batchnorm"])
+def test_adversarial_step_equals_the_textbook_loop(n_critic, batchnorm):
+    nets, ref, _, start = gankit_and_textbook(n_critic, batchnorm)
+    assert all_moved(start, nets)
+    for name in ("G", "D"):  # weights, and BatchNorm's running statistics
+        for key, value in nets[name].state_dict().items():
+            torch.testing.assert_close(value, ref[name].state_dict()[key], msg=f"{name}.{key}")
+
+
+def test_the_g_step_leaves_no_gradient_in_d():
+    nets, _, d_grads, _ = gankit_and_textbook(n_critic=1, batchnorm=False)
+    for p, expected in zip(nets["D"].parameters(), d_grads, strict=True):
+        torch.testing.assert_close(p.grad, expected)  # what the D step left, nothing added
+
+
+def bf16_autocast():
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def watch_autocast(nets, opts) -> dict[str, list[bool]]:
+    """Whether autocast is on in every forward of a network, in every backward pass (at each
+    parameter, and at each network output: the penalties' autograd.grad reaches no
+    parameter), and at every optimiser step."""
+    seen = {"forward": [], "backward": [], "step": []}
+
+    def on(*_):
+        return torch.is_autocast_enabled("cpu")
+
+    def watch_outputs(net, args, out):
+        for t in out if isinstance(out, tuple) else (out,):
+            if t.requires_grad:
+                t.register_hook(lambda g: seen["backward"].append(on()))
+
+    for net in nets.values():
+        net.register_forward_pre_hook(lambda *a: seen["forward"].append(on()))
+        net.register_forward_hook(watch_outputs)
+        for p in net.parameters():
+            p.register_hook(lambda g: seen["backward"].append(on()))
+    for opt in opts.values():
+        opt.register_step_pre_hook(lambda *a: seen["step"].append(on()))
+    return seen
+
+
+def assert_forwards_only(seen: dict[str, list[bool]]) -> None:
+    assert seen["forward"] and all(seen["forward"])
+    assert seen["backward"] and not any(seen["backward"])
+    assert seen["step"] and not any(seen["step"])
+
+
+AMP_CASES = {f: (f, {}) for f in TINY_MODEL} | {
+    "mlp-penalties": ("mlp", {"loss": "wgan-gp", "train.r1": 10.0}),  # their own autograd.grad
+    "dcgan-acgan": ("dcgan", {"cond": "acgan"}),
+}
+
+
+@pytest.mark.parametrize("family, overrides", AMP_CASES.values(), ids=AMP_CASES.keys())
+def test_only_forward_passes_and_losses_run_under_autocast(family, overrides):
+    cfg = model_cfg(family, **overrides)
+    nets = build(cfg)
+    opts = make_optimizers(nets, {k: 1e-3 for k in players(nets)}, (0.5, 0.999))
+    seen = watch_autocast(nets, opts)
+    game = GameSettings(loss=cfg.train.loss, r1=cfg.train.r1, autocast=bf16_autocast)
+    out = one_step(cfg, nets, game, opts)
+    assert_forwards_only(seen)
+    assert all(math.isfinite(float(v)) for v in out.values())
+
+
+@pytest.mark.parametrize("stage", ["srresnet", "srgan"])
+def test_only_srgan_forward_passes_and_losses_run_under_autocast(stage):
+    torch.manual_seed(0)
+    cfg = srgan.Config(stage=stage, n_blocks=1, nf=8, ndf=8, content="pixel")
+    nets = srgan.build(cfg, (3, 32, 32))
+    opts = make_optimizers(nets, {k: 1e-3 for k in nets}, (0.9, 0.999))
+    seen = watch_autocast(nets, opts)
+    hr = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = srgan.step(nets, opts, [(hr, None)], None, GameSettings(autocast=bf16_autocast))
+    assert_forwards_only(seen)
+    assert all(math.isfinite(float(v)) for v in out.values())

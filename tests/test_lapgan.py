@@ -1,12 +1,16 @@
 """LAPGAN: the pyramid is exact, each level is its own game, sampling walks coarse to fine."""
 
+import itertools
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import quiet
 from gankit.cli import main
 from gankit.config import load_config
 from gankit.errors import GankitError
+from gankit.game import GameSettings, adversarial_step
 from gankit.models import lapgan
 from gankit.train import train
 
@@ -38,22 +42,45 @@ def test_levels_and_sampling_shapes():
         assert torch.equal(levels[k], lapgan.up(levels[k - 1]).clamp(-1, 1))
 
 
-def test_each_level_trains_on_real_pyramids_and_only_its_own_players_move():
+def test_each_level_trains_on_real_pyramids_and_only_its_own_players_move(monkeypatch):
     torch.manual_seed(0)
     cfg = load_config(None, {"family": "lapgan", "model.ngf": "8", "model.ndf": "8", "nz": "8"})
     nets = lapgan.build(cfg.model, (1, 28, 28))
     opts = {k: torch.optim.Adam(n.parameters(), lr=1e-3) for k, n in nets.items()}
-    before = {k: [p.detach().clone() for p in n.parameters()] for k, n in nets.items()}
     real = torch.rand(8, 1, 28, 28) * 2 - 1
-    from gankit.game import GameSettings
 
+    def state() -> dict[str, dict[str, torch.Tensor]]:  # weights and BatchNorm statistics
+        return {k: {n: t.clone() for n, t in net.state_dict().items()} for k, net in nets.items()}
+
+    def changed(a, b) -> set[str]:
+        return {k for k in nets if any(not torch.equal(a[k][n], b[k][n]) for n in a[k])}
+
+    calls, states = [], [state()]  # per level: its batches; the state before and after each
+
+    def spy(pair, level_opts, batches, *args):
+        assert not changed(states[-1], state()), "a network changed between two levels' games"
+        out = adversarial_step(pair, level_opts, batches, *args)
+        calls.append(batches)
+        states.append(state())
+        return out
+
+    monkeypatch.setattr(lapgan, "adversarial_step", spy)
     out = lapgan.step(nets, opts, [(real, None)], lambda n: torch.randn(n, 24), GameSettings())
     for k in range(3):
         assert f"loss/D/level{k}" in out and f"loss/G/level{k}" in out
-    for name, net in nets.items():
-        assert any(
-            not torch.equal(a, b) for a, b in zip(before[name], net.parameters(), strict=True)
-        ), name
+    assert not changed(states[-1], state())
+    moved = [changed(a, b) for a, b in itertools.pairwise(states)]
+    assert moved == [{f"G{k}", f"D{k}"} for k in range(3)]  # each level's game: its own pair
+    # the real pyramid, written out: g2 = x, g1 = pool(g2), g0 = pool(g1); h_k = g_k - up(g_k-1)
+    g1 = F.avg_pool2d(real, 2)
+    g0 = F.avg_pool2d(g1, 2)
+    up1, up0 = (F.interpolate(g, scale_factor=2, mode="bilinear") for g in (g1, g0))
+    expected = [(g0, None), (g1 - up0, up0), (real - up1, up1)]
+    for batches, (target, coarse) in zip(calls, expected, strict=True):
+        ((level_real, cond),) = batches  # one batch per level: (target, conditioning)
+        torch.testing.assert_close(level_real, target)
+        if coarse is not None:  # a finer level sees (the real coarser level upsampled, labels)
+            torch.testing.assert_close(cond[0], coarse)
     # after one step each finer level refines the upsampled coarser one
     levels = lapgan.pyramid_samples(nets, torch.randn(4, 24))
     for k in (1, 2):
@@ -79,3 +106,4 @@ def test_conditional_lapgan_and_the_pyramid_picture(tmp_path, capsys):
     from PIL import Image
 
     assert Image.open(pyramid).size == (2 + 3 * 30, 2 + 8 * 30)  # 8 rows, 3 levels
+    assert f"wrote {pyramid}: 8 samples" in capsys.readouterr().out

@@ -39,6 +39,34 @@ def test_one_sided_label_smoothing_matches_bce_with_soft_targets():
     torch.testing.assert_close(d_loss_bce(real, fake, real_target=t), expected)
 
 
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+# D's scores of reals r and fakes f, both sides of the hinge's margins; b = real target
+# (below 1 = one-sided label smoothing, which only LSGAN of these losses takes)
+REAL, FAKE = [2.0, -0.5, 0.25], [-1.5, 0.75, 3.0]
+SCORE_LOSSES = {  # name: (D loss, G loss), written out on plain floats
+    "lsgan": (
+        lambda r, f, b: 0.5 * _mean([(x - b) ** 2 for x in r]) + 0.5 * _mean([x**2 for x in f]),
+        lambda f: 0.5 * _mean([(x - 1) ** 2 for x in f]),
+    ),
+    "hinge": (
+        lambda r, f, b: _mean([max(0.0, 1 - x) for x in r]) + _mean([max(0.0, 1 + x) for x in f]),
+        lambda f: -_mean(f),
+    ),
+    "wgan-gp": (lambda r, f, b: _mean(f) - _mean(r), lambda f: -_mean(f)),
+}
+
+
+@pytest.mark.parametrize("name, b", [(n, 1.0) for n in SCORE_LOSSES] + [("lsgan", 0.9)])
+def test_score_losses_match_their_formulas(name, b):
+    loss, (d_formula, g_formula) = GAN_LOSSES[name], SCORE_LOSSES[name]
+    real, fake = torch.tensor(REAL), torch.tensor(FAKE)
+    assert loss.d(real, fake, b).item() == pytest.approx(d_formula(REAL, FAKE, b), rel=1e-6)
+    assert loss.g(fake).item() == pytest.approx(g_formula(FAKE), rel=1e-6)
+
+
 @pytest.mark.parametrize("name", list(GAN_LOSSES))
 def test_losses_are_finite_and_have_gradients_for_extreme_logits(name):
     loss = GAN_LOSSES[name]

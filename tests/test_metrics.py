@@ -129,6 +129,39 @@ def test_kid_matches_the_unbiased_estimator_written_out():
     torch.testing.assert_close(polynomial_kernel(x, y)[3, 7], (x[3] @ y[7] / 5 + 1) ** 3)
 
 
+def test_kid_and_its_spread_match_torch_fidelity(monkeypatch):
+    """torch-fidelity's kid_features_to_metric on gankit's subsets: torch-fidelity draws them
+    with numpy's RandomState(seed).choice, gankit with torch.randperm, so a stand-in RNG
+    hands torch-fidelity the rows gankit draws (the fakes', then the reals', per subset)."""
+    from torch_fidelity import metric_kid
+
+    gen = torch.Generator().manual_seed(16)
+    fake = torch.randn(40, 6, generator=gen, dtype=torch.float64)
+    real = torch.randn(55, 6, generator=gen, dtype=torch.float64) * 1.2 + 0.1
+    n_subsets, m = 7, 20  # gankit's default subset size: min(1000, 40 // 2, 55 // 2)
+    mean, std = kid(fake, real, n_subsets=n_subsets, generator=torch.Generator().manual_seed(3))
+
+    draws, sizes = torch.Generator().manual_seed(3), [40, 55] * n_subsets
+    handed = iter([(n, torch.randperm(n, generator=draws)[:m]) for n in sizes])
+
+    class GankitRows:
+        def __init__(self, seed):
+            pass
+
+        def choice(self, n, size, replace):
+            rows_of, rows = next(handed)
+            assert (n, size, replace) == (rows_of, m, False)
+            return rows.numpy()
+
+    monkeypatch.setattr(metric_kid.np.random, "RandomState", GankitRows)
+    ref = metric_kid.kid_features_to_metric(
+        fake, real, kid_subsets=n_subsets, kid_subset_size=m, verbose=False
+    )
+    assert next(handed, None) is None  # torch-fidelity took every subset gankit drew
+    assert mean == pytest.approx(ref[metric_kid.KEY_METRIC_KID_MEAN], rel=1e-9)
+    assert std == pytest.approx(ref[metric_kid.KEY_METRIC_KID_STD], rel=1e-9) and std > 0
+
+
 def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
     gen = torch.Generator().manual_seed(5)
     x, y = torch.randn(1000, 16, generator=gen), torch.randn(1000, 16, generator=gen)
@@ -157,6 +190,21 @@ def test_prdc_separates_fidelity_from_diversity():
     assert r["precision"] > 0.9 and r["recall"] < 0.1 and r["coverage"] < 0.1
     far = torch.randn(1000, 4, generator=gen) + 100
     assert prdc(far, real) == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+
+
+@pytest.mark.parametrize("n_fake, n_real", [(120, 80), (60, 150)])
+def test_prdc_matches_the_reference_package_on_unequal_sets(n_fake, n_real):
+    """clovaai's prdc (Naeem et al.'s code) on the same features; float64 there, float32 here."""
+    from prdc import compute_prdc
+
+    gen = torch.Generator().manual_seed(n_fake)
+    fake = torch.randn(n_fake, 6, generator=gen) * 0.9 + 0.7
+    real = torch.randn(n_real, 6, generator=gen)
+    ref = compute_prdc(real.double().numpy(), fake.double().numpy(), nearest_k=5)
+    r = prdc(fake, real, k=5)
+    # counts agree exactly; 1e-6 allows for float32 means (one count is >= 1 / 750)
+    assert r == {key: pytest.approx(float(value), abs=1e-6) for key, value in ref.items()}
+    assert 0 < r["precision"] < 1 and 0 < r["recall"] < 1 and 0 < r["coverage"] < 1
 
 
 def test_prdc_does_not_depend_on_the_batch_size():

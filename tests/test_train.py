@@ -1,11 +1,10 @@
 import math
-import signal
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import quiet
+from conftest import interrupt_after, quiet
 from gankit import checkpoint as ckpt
 from gankit.models import mlp
 from gankit.train import last_checkpoint, train
@@ -80,20 +79,10 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_cfg, tmp_path):
 def test_ctrl_c_saves_at_a_step_boundary_and_resumes_exactly(tiny_cfg, tmp_path, monkeypatch):
     train(tiny_cfg(steps=40, n_critic=2), tmp_path / "full", progress=False, log=quiet)
 
-    calls = {"n": 0}
-    real_step = mlp.step
-
-    def interrupted_step(*args, **kwargs):
-        out = real_step(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 13:
-            signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C mid-run
-        return out
-
-    monkeypatch.setattr(mlp, "step", interrupted_step)
+    restore = interrupt_after(monkeypatch, mlp, 13)
     s = train(tiny_cfg(steps=40, n_critic=2), tmp_path / "part", progress=False, log=quiet)
     assert s.step == 13 and ckpt.read_meta(last_checkpoint(tmp_path / "part"))["step"] == 13
-    monkeypatch.setattr(mlp, "step", real_step)
+    restore()
     train(tiny_cfg(steps=40, n_critic=2), tmp_path / "part", resume=True, progress=False, log=quiet)
     assert_same_weights(tmp_path / "full", tmp_path / "part")
 
@@ -119,10 +108,10 @@ DCGAN_TINY = {"family": "dcgan", "model.ngf": "8", "model.ndf": "8"}
 
 
 def test_lr_decay_falls_linearly_to_zero_over_the_final_fraction(tiny_cfg, tmp_path):
-    from gankit.game import lr_scale
+    from gankit.schedule import lr_ramp
 
-    assert [lr_scale(s, 100, 0.5) for s in (0, 50, 75, 99)] == [1.0, 1.0, 0.5, 0.02]
-    assert lr_scale(99, 100, 0.0) == 1.0
+    assert [lr_ramp(100, 0.5)(s) for s in (0, 50, 75, 99)] == [1.0, 1.0, 0.5, 0.02]
+    assert lr_ramp(100, 0.0)(99) == 1.0
     # Trained with the decay, the last update ran at 1/25 of the base rate, and the moves of
     # the weights shrink with it: the last 5 updates move G less than the 5 before the decay.
     cfg = tiny_cfg(steps=50, lr_decay=0.5, ckpt_every=5, keep=20)
@@ -151,18 +140,9 @@ def test_resume_is_exact_with_labels_ema_augment_and_instance_noise(tmp_path, mo
     cfg = load_config(None, over | {"ckpt_every": "5", "sample_every": "5"})
     train(cfg, tmp_path / "full", progress=False, log=quiet)
     # Interrupted at step 7 of the same 12 (instance noise anneals over the planned total).
-    calls, real_step = {"n": 0}, dcgan.step
-
-    def interrupted_step(*args, **kwargs):
-        out = real_step(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 7:
-            signal.raise_signal(signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(dcgan, "step", interrupted_step)
+    restore = interrupt_after(monkeypatch, dcgan, 7)
     assert train(cfg, tmp_path / "part", progress=False, log=quiet).step == 7
-    monkeypatch.setattr(dcgan, "step", real_step)
+    restore()
     train(cfg, tmp_path / "part", resume=True, progress=False, log=quiet)
     a = assert_same_weights(tmp_path / "full", tmp_path / "part")
     assert any(k.startswith("G_ema.") for k in a)

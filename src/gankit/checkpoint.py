@@ -7,21 +7,24 @@
                                                 optimiser hyper-parameters, scalars
 
 A checkpoint is written to a temporary file, flushed to disk and renamed over the
-old one, so a crash mid-write leaves the previous checkpoint intact. Loading
-parses safetensors and JSON only: nothing is ever unpickled.
+old one (gankit.files), so a crash or a full disk mid-write leaves the previous
+checkpoint intact. The header holds a digest of each group of tensors, checked on
+loading, so a flipped bit is refused rather than trained on. Loading parses
+safetensors and JSON only: nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
+from gankit import files
 from gankit.errors import GankitError
 
 FORMAT = "gankit-checkpoint"
@@ -29,51 +32,140 @@ VERSION = 1
 
 
 def write_atomic(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Write tensors + JSON metadata to `path` via a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Write tensors + JSON metadata to `path` through a temporary file and an atomic rename
+    (gankit.files): a failed write (disk full, no permission) raises OSError and leaves
+    `path` as it was."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    try:
-        save_file(tensors, tmp, metadata={"gankit": json.dumps(meta)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new, never half
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    meta = meta | {"digests": digests(tensors)}
+    files.write_bytes(path, save(tensors, metadata={"gankit": json.dumps(meta)}))
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def digests(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """A BLAKE2b digest of each group's tensors (G, D, opt, extra...): names, dtypes, shapes
+    and bytes. safetensors keeps no checksum, and a flipped bit in a weight still reads as
+    a valid float; `read` recomputes the digests of the groups it loads."""
+    hashes: dict[str, hashlib.blake2b] = {}
+    for k in sorted(tensors):
+        t = tensors[k]
+        h = hashes.setdefault(k.split(".", 1)[0], hashlib.blake2b(digest_size=16))
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
+    return {group: h.hexdigest() for group, h in hashes.items()}
 
 
 def read(path: Path, names: tuple[str, ...] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, metadata) of a checkpoint; `names` = prefixes to load (None = all)."""
     path = Path(path)
     if not path.is_file():
-        raise GankitError(f"checkpoint {path} does not exist")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise GankitError(f"checkpoint {path} {what}")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("gankit", "null"))
             keys = [k for k in f.keys() if names is None or k.split(".", 1)[0] in names]
             tensors = {k: f.get_tensor(k) for k in keys}
-    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as e:
+    except (SafetensorError, OSError, ValueError) as e:  # JSONDecodeError is a ValueError
+        _refuse_pickle(path)
         raise GankitError(f"checkpoint {path} is corrupt or truncated ({_first_line(e)})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise GankitError(f"{path} is not a gankit checkpoint")
-    if meta.get("version", 0) > VERSION:
+        raise GankitError(f"{path} is not a gankit checkpoint (no gankit metadata in its header)")
+    version = meta.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise GankitError(f"checkpoint {path} is corrupt: format version {version!r}")
+    if version > VERSION:
         raise GankitError(
-            f"checkpoint {path} has format version {meta['version']}; this gankit reads <= {VERSION}"
+            f"checkpoint {path} has format version {version}; this gankit reads <= {VERSION}"
         )
+    if "step" in meta:
+        _whole(meta["step"], "step", path)
+    saved = meta.get("digests")
+    if isinstance(saved, dict):  # checkpoints of gankit before digests have none
+        for group, digest in digests(tensors).items():
+            if saved.get(group, digest) != digest:
+                raise GankitError(
+                    f"checkpoint {path} is corrupt: its {group} tensors do not match their "
+                    "digest (a flipped bit, or an edited file)"
+                )
     return tensors, meta
+
+
+def _refuse_pickle(path: Path) -> None:
+    """A file safetensors cannot read that is a torch.save file renamed: say so (it is
+    never unpickled)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return
+    # torch.save's zip archive, or a raw pickle (protocol 2 and up: 0x80, then the protocol)
+    if head == b"PK" or (head[:1] == b"\x80" and head[1:] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        raise GankitError(
+            f"checkpoint {path} is a pickle (torch.save), not safetensors: gankit never "
+            f"unpickles files; load it in Python you trust and save it with safetensors"
+        )
+
+
+def _whole(value, key: str, path: Path, minimum: int = 0) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise GankitError(
+            f"checkpoint {path} metadata: {key!r} must be a whole number >= {minimum}, "
+            f"got {value!r}"
+        )
+    return value
+
+
+def check_run_meta(meta: dict, path: Path) -> None:
+    """Refuse metadata a sampler or a resumed run cannot use: what `read` checks, plus the
+    model config, the image shape and the class names."""
+    config = meta.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise GankitError(f"checkpoint {path} metadata has no model config")
+    for section in ("data", "train"):
+        if not isinstance(config.get(section, {}), dict):
+            raise GankitError(f"checkpoint {path} metadata: config.{section} is not a mapping")
+    shape = meta.get("img_shape")
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 3:
+        raise GankitError(
+            f"checkpoint {path} metadata: 'img_shape' must be [C, H, W], got {shape!r}"
+        )
+    for size in shape:
+        _whole(size, "img_shape", path, minimum=1)
+    classes = meta.get("classes", [])
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise GankitError(f"checkpoint {path} metadata: 'classes' must be a list of names")
+
+
+def check_shapes(path: Path, nets: dict[str, nn.Module]) -> None:
+    """Refuse a checkpoint whose tensors do not fit `nets` (built on the meta device, say),
+    reading only the file's header: nothing is allocated for a checkpoint that lies."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise GankitError(f"checkpoint {path} is corrupt or truncated ({_first_line(e)})") from None
+    for name, net in nets.items():
+        want = {f"{name}.{k}": tuple(v.shape) for k, v in net.state_dict().items()}
+        _check_fit(path, name, want, {k: v for k, v in have.items() if k.startswith(f"{name}.")})
+
+
+def _check_fit(path: Path, name: str, want: dict, have: dict) -> None:
+    missing = [k for k in want if k not in have]
+    unexpected = [k for k in have if k not in want]
+    wrong = [k for k in want if k in have and want[k] != have[k]]
+    if not (missing or unexpected or wrong):
+        return
+    if wrong:
+        k = wrong[0]
+        what = f"{k} is {list(have[k])} in the checkpoint but {list(want[k])} in the network"
+    elif missing:
+        what = f"it lacks {missing[0]}"
+    else:
+        what = f"it has {unexpected[0]}, which the network does not"
+    more = len(missing) + len(unexpected) + len(wrong) - 1
+    more = f" (and {more} more difference{'s' * (more > 1)})" if more else ""
+    raise GankitError(
+        f"checkpoint {path} does not match network {name} as its config builds it: {what}{more}"
+    )
 
 
 def _first_line(e: Exception) -> str:
@@ -85,9 +177,18 @@ def pack_nets(nets: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
 
 
 def unpack_nets(nets: dict[str, nn.Module], tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Load each network's weights; refuse missing, extra, misshapen or non-finite ones."""
     for name, net in nets.items():
         prefix = f"{name}."
         state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        want = {f"{prefix}{k}": tuple(v.shape) for k, v in net.state_dict().items()}
+        _check_fit(path, name, want, {f"{prefix}{k}": tuple(v.shape) for k, v in state.items()})
+        for k, v in state.items():
+            if v.is_floating_point() and not torch.isfinite(v).all():
+                raise GankitError(
+                    f"checkpoint {path} holds NaN or infinite values in {prefix}{k} "
+                    f"(a diverged run, or a corrupt file): use an earlier checkpoint"
+                )
         try:
             net.load_state_dict(state)
         except RuntimeError as e:
@@ -118,18 +219,19 @@ def unpack_optimizers(
     for name, opt in opts.items():
         state: dict[int, dict] = {}
         prefix = f"opt.{name}."
-        for k, v in tensors.items():
-            if k.startswith(prefix):
-                idx, key = k[len(prefix) :].split(".", 1)
-                state.setdefault(int(idx), {})[key] = v
-        for k, v in meta[name]["scalars"].items():
-            idx, key = k.split(".", 1)
-            state.setdefault(int(idx), {})[key] = v
         try:
+            for k, v in tensors.items():
+                if k.startswith(prefix):
+                    idx, key = k[len(prefix) :].split(".", 1)
+                    state.setdefault(int(idx), {})[key] = v
+            for k, v in meta[name]["scalars"].items():
+                idx, key = k.split(".", 1)
+                state.setdefault(int(idx), {})[key] = v
             opt.load_state_dict({"state": state, "param_groups": meta[name]["param_groups"]})
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
             raise GankitError(
-                f"checkpoint {path} does not match optimiser {name}: {_first_line(e)}"
+                f"checkpoint {path} does not match optimiser {name}: "
+                f"{type(e).__name__} {_first_line(e)}"
             ) from None
         _match_layouts(opt)
 
@@ -175,6 +277,8 @@ def load_checkpoint(
     tensors, meta = read(path, names)
     unpack_nets(nets, tensors, path)
     if opts:
+        if not isinstance(meta.get("optim"), dict):
+            raise GankitError(f"checkpoint {path} holds no optimiser state: it cannot resume")
         unpack_optimizers(opts, tensors, meta["optim"], path)
     extra = {k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")}
     return meta, extra

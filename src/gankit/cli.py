@@ -1,12 +1,16 @@
 """The `gankit` command: train, sample, eval, lab, list.
 
 Every user error (a bad option, a missing file, a corrupt checkpoint) ends as one
-line on stderr and exit code 2; work already saved is never overwritten.
+line on stderr and exit code 2; work already saved is never overwritten. So does
+an unexpected exception, naming its type (GANKIT_DEBUG=1 shows its traceback), and
+each Python warning is one line `gankit: warning: ...`.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import math
 import sys
 import time
 from pathlib import Path
@@ -58,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--sync-bn", action="store_true", help="several processes: BatchNorm over the global batch"
     )
+    t.add_argument(
+        "--new-data",
+        action="store_true",
+        help="--resume: go on although the training data differ from the checkpoint's",
+    )
 
     s = sub.add_parser("sample", help="draw images from a trained run")
     s.add_argument("run", help="run folder (or a checkpoint file)")
@@ -65,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write uint8 images (N, C, H, W) under key 'images' to this .npz")
     s.add_argument("--grid", help="write a PNG grid of the first nrow x nrow images")
     s.add_argument("--nrow", type=int, default=10, help="images per grid row (default: 10)")
-    s.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    s.add_argument("--seed", type=seed_type, default=0, help="noise seed (default: 0)")
     s.add_argument(
         "--class",
         dest="classes",
@@ -107,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="samples to draw from the run (default: 10000; 26000 for stacked-mnist; 2500 for 2D)",
     )
-    e.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    e.add_argument("--seed", type=seed_type, default=0, help="noise seed (default: 0)")
     e.add_argument(
         "--checkpoint", help="'last' (default), 'best', a step number, or a checkpoint path"
     )
@@ -160,8 +169,10 @@ def add_lab_parser(sub) -> None:
     one.add_argument(
         "--freeze-g", action="store_true", help="train D alone against a fixed G; draw D*"
     )
-    one.add_argument("--g-loc", type=float, help="frozen G: x = g_loc + g_scale * z (default: 0)")
-    one.add_argument("--g-scale", type=float, help="frozen G's scale (default: 1)")
+    one.add_argument(
+        "--g-loc", type=finite_float, help="frozen G: x = g_loc + g_scale * z (default: 0)"
+    )
+    one.add_argument("--g-scale", type=finite_float, help="frozen G's scale (default: 1)")
     two = kinds.add_parser(
         "2d",
         help="mode collapse on the ring / grid mixtures, remedy by remedy",
@@ -177,25 +188,63 @@ def add_lab_parser(sub) -> None:
     two.add_argument("--unroll", type=int, help="Unrolled GAN: D steps G looks through")
     two.add_argument("--n-critic", type=int, help="D updates per G update")
     two.add_argument("--loss", help="gan | wgan-gp")
-    two.add_argument("--lr-g", type=float, help="G's Adam learning rate")
-    two.add_argument("--lr-d", type=float, help="D's Adam learning rate")
-    two.add_argument("--decay", type=float, help="final fraction of steps with LR falling to 0")
+    two.add_argument("--lr-g", type=positive_float, help="G's Adam learning rate")
+    two.add_argument("--lr-d", type=positive_float, help="D's Adam learning rate")
+    two.add_argument(
+        "--decay", type=finite_float, help="final fraction of steps with LR falling to 0"
+    )
     two.add_argument(
         "--drs",
         type=int,
         help="steps fitting D to D* for rejection sampling after training; 0 = off",
     )
-    two.add_argument("--r1", type=float, help="R1 weight gamma (gradient penalty on real data)")
-    two.add_argument("--ema", type=float, help="decay of G's weight average for sampling; 0 = off")
+    two.add_argument(
+        "--r1", type=finite_float, help="R1 weight gamma (gradient penalty on real data)"
+    )
+    two.add_argument(
+        "--ema", type=finite_float, help="decay of G's weight average for sampling; 0 = off"
+    )
     two.add_argument("--nz", type=int, help="size of z ~ N(0, I)")
     two.add_argument("--dry-run", action="store_true", help="print the resolved options and exit")
     for q in (one, two):
         q.add_argument("--steps", type=int, help="training steps (default: the lab's tuned value)")
         q.add_argument("--every", type=int, help="draw (and score) every N steps")
         q.add_argument("--batch-size", type=int, help="samples per batch")
-        q.add_argument("--seed", type=int, help="random seed (default: 0)")
+        q.add_argument("--seed", type=seed_type, help="random seed (default: 0)")
         q.add_argument("--name", help="run folder name (default: lab1d-/lab2d-<date>-<time>)")
         q.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
+
+
+MAX_SEED = 2**32 - 1  # what numpy's seeding takes; torch's takes more
+
+
+def seed_type(text: str) -> int:
+    """argparse type of --seed: a whole number 0..2^32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED}, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type of a real-valued option: nan and inf are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
 
 
 def parse_overrides(tokens: list[str]) -> dict[str, str]:
@@ -239,6 +288,7 @@ def cmd_train(args, extra: list[str], argv: list[str]) -> int:
     else:
         base = load_yaml(args.config) if args.config else {}
     cfg = from_dict(apply_overrides(base, overrides))
+    check_train(args, cfg)
     if args.dry_run:
         import yaml
 
@@ -253,6 +303,35 @@ def cmd_train(args, extra: list[str], argv: list[str]) -> int:
         return train_here(args, cfg, d, run_dir if args.resume else None)
     finally:
         distributed.teardown(d)
+
+
+def check_train(args, cfg) -> None:
+    """What can be refused before any data is loaded or any folder made: a model or batch
+    this machine cannot hold, a --runs-dir that is a file, a --resume checkpoint that is
+    not this run's."""
+    from gankit.config import check_size
+
+    check_size(cfg)
+    if not args.resume:
+        runs = Path(args.runs_dir)
+        if runs.exists() and not runs.is_dir():
+            raise GankitError(f"--runs-dir {runs} is a file, not a folder")
+        return
+    from gankit import checkpoint as ckpt
+    from gankit.sample import check_fits
+
+    run_dir = Path(args.resume)
+    path = ckpt.find_checkpoint(run_dir)
+    meta = ckpt.read_meta(path)
+    ckpt.check_run_meta(meta, path)
+    family = meta["config"]["model"].get("family")
+    if family != cfg.model.family:
+        raise GankitError(
+            f"checkpoint {path} holds a {family!r} model, but {run_dir / 'config.yaml'} says "
+            f"model.family {cfg.model.family!r}: the run folder is inconsistent"
+        )
+    shape, classes = tuple(meta["img_shape"]), len(meta.get("classes", []))
+    check_fits(path, cfg.model, shape, classes, cfg.train.ema)
 
 
 def launch_workers(args, cfg, argv: list[str]) -> int:
@@ -313,7 +392,9 @@ def train_here(args, cfg, d, run_dir: Path | None) -> int:
             run_dir = distributed.agree(d, lambda: new_run_dir(runs, name, family))
     say = print if d.is_main else distributed.silent
     say(f"run folder: {run_dir}")
-    summary = train(cfg, run_dir, resume=resume, progress=not args.no_progress, dist=d)
+    summary = train(
+        cfg, run_dir, resume=resume, progress=not args.no_progress, dist=d, new_data=args.new_data
+    )
     if not d.is_main:
         return 0
     if summary.seconds:
@@ -355,10 +436,6 @@ def new_run_dir(runs_dir: Path, name: str | None, family: str, resumable: bool =
 
 
 def cmd_sample(args) -> int:
-    import torch
-
-    from gankit.sample import Sampler, save_grid, save_npz
-
     if not (args.out or args.grid or args.pyramid):
         raise GankitError(
             "say where to write: --out FILE.npz, --grid FILE.png or --pyramid FILE.png"
@@ -370,13 +447,28 @@ def cmd_sample(args) -> int:
     for flag, path in (("--grid", args.grid), ("--pyramid", args.pyramid)):
         if path and not path.lower().endswith((".png", ".jpg", ".jpeg")):
             raise GankitError(f"{flag} must end in .png or .jpg, got {path!r}")
-    if args.n < 1 or args.nrow < 1 or args.batch_size < 1:
-        raise GankitError("--n, --nrow and --batch-size must be >= 1")
+    for flag in ("--n", "--nrow", "--batch-size"):
+        _at_least(getattr(args, flag[2:].replace("-", "_")), flag, 1)
+    for flag, path in (("--out", args.out), ("--grid", args.grid), ("--pyramid", args.pyramid)):
+        check_writable(path, flag)
     classes = parse_numbers(args.classes, "--class", int)
+
+    import torch
+
+    from gankit.sample import Sampler, save_grid, save_npz
+
     sampler = Sampler.load(args.run, args.checkpoint, args.device)
     levels = sampler.pyramid(8, args.seed, classes) if args.pyramid else None  # refused early
-    labels = sampler.labels(args.n, classes)
-    images = sampler.images(args.n, seed=args.seed, batch_size=args.batch_size, labels=labels)
+    # Draw what is written: all --n for --out; a grid alone needs only what it shows.
+    rows = max(1, args.n // args.nrow)  # --interpolate: rows of --nrow steps
+    n = args.n
+    if not args.out:
+        k = len(classes or sampler.classes)  # a conditional grid: a row of --nrow per class
+        n = 0 if args.interpolate or not args.grid else min(n, (k or args.nrow) * args.nrow)
+    sampler.check_memory(max(n, rows * args.nrow if args.interpolate else 0))
+    labels = sampler.labels(n, classes) if n else None
+    if n:
+        images = sampler.images(n, seed=args.seed, batch_size=args.batch_size, labels=labels)
     if args.out:
         arrays = {} if labels is None else {"labels": labels.numpy()}
         save_npz(args.out, images, **arrays)
@@ -386,7 +478,6 @@ def cmd_sample(args) -> int:
         save_grid(args.pyramid, levels, len(levels) // 8)
         print(f"wrote {args.pyramid}: 8 samples, one column per pyramid level (coarse to fine)")
     if args.interpolate:
-        rows = max(1, args.n // args.nrow)
         save_grid(args.grid, sampler.interpolate(rows, args.nrow, seed=args.seed), args.nrow)
         print(f"wrote {args.grid}: {rows} interpolations of {args.nrow} steps")
     elif args.grid:
@@ -400,24 +491,56 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _at_least(value: int, flag: str, minimum: int) -> int:
+    if value < minimum:
+        raise GankitError(f"{flag} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_writable(path: str | None, flag: str) -> None:
+    """Refuse an output path that cannot be written, before any work: a folder, or a
+    path below a file. (Permissions and free space show only when writing; then the
+    write fails with one line and leaves any existing file as it was.)"""
+    if not path:
+        return
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise GankitError(f"{flag} {path} is a folder: give a file name")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise GankitError(f"{flag} {path}: {parent} is a file, not a folder")
+
+
 def cmd_eval(args) -> int:
     import json
 
-    from gankit.data import to_unit_range
-    from gankit.device import resolve_device
-    from gankit.evaluate import Evaluator, append_jsonl, format_table, load_samples, timestamp
-
     if bool(args.run) == bool(args.samples):
         raise GankitError("give either a run folder or --samples FILE")
+    if args.samples and not args.data:
+        raise GankitError("--samples needs --data (the dataset the samples imitate, e.g. mnist)")
+    if args.n is not None:
+        _at_least(args.n, "--n", 1)
+    _at_least(args.iw_k, "--iw-k", 1)
+    weights = args.inception_weights
+    if weights and not Path(weights).is_file():
+        what = "is a folder, not a file" if Path(weights).is_dir() else "does not exist"
+        raise GankitError(f"--inception-weights {weights} {what}")
+
+    from gankit.data import check_spec, to_unit_range
+    from gankit.device import resolve_device
+    from gankit.evaluate import Evaluator, append_jsonl, format_table, load_samples, timestamp
+    from gankit.sample import check_device
+
+    if args.data:
+        check_spec(args.data)
+    check_device(args.device)
     say = (
         (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     )  # --json: stdout is JSON only
     record = {"time": timestamp(), "seed": args.seed}
     if args.samples:
-        if not args.data:
-            raise GankitError(
-                "--samples needs --data (the dataset the samples imitate, e.g. mnist)"
-            )
         fake, labels = load_samples(args.samples)  # labels: the classes a conditional G drew
         dataset, root, img_size, channels = args.data, args.data_root or "data", 0, 0
         record["samples"] = args.samples
@@ -427,13 +550,12 @@ def cmd_eval(args) -> int:
         sampler = Sampler.load(args.run, args.checkpoint, args.device)
         if hasattr(sampler.family, "upscale"):
             return eval_super_resolution(args, sampler, record, say)
-        data_cfg = sampler.meta["config"]["data"]
-        dataset = args.data or data_cfg["dataset"]
-        root = args.data_root or data_cfg["root"]
-        img_size, channels = data_cfg["img_size"], data_cfg["channels"]
-        n = args.n or default_eval_n(dataset)
-        if n < 1:
-            raise GankitError("--n must be >= 1")
+        data_cfg = run_data_config(sampler, args.run)
+        dataset = args.data or data_cfg.dataset
+        root = args.data_root or data_cfg.root
+        img_size, channels = data_cfg.img_size, data_cfg.channels
+        n = args.n if args.n is not None else default_eval_n(dataset)
+        sampler.check_memory(n)
         t0 = time.perf_counter()
         labels = sampler.labels(n)  # a conditional run draws every class equally
         fake = to_unit_range(sampler.images(n, seed=args.seed, labels=labels))
@@ -455,8 +577,6 @@ def cmd_eval(args) -> int:
     if args.run and hasattr(sampler.family, "log_likelihood"):
         from gankit.evaluate import likelihood_metrics
 
-        if args.iw_k < 1:
-            raise GankitError("--iw-k must be >= 1")
         say(f"held-out likelihood with k = {args.iw_k} importance samples per image")
         results |= likelihood_metrics(
             sampler.family, sampler.nets, dataset, root, img_size, channels, args.iw_k, args.seed
@@ -488,6 +608,16 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def run_data_config(sampler, run: str):
+    """The data section of the checkpoint's config, checked like any config."""
+    from gankit.config import from_dict
+
+    try:
+        return from_dict({"data": sampler.meta["config"].get("data") or {}}).data
+    except GankitError as e:
+        raise GankitError(f"the checkpoint of {run}: {e}") from None
+
+
 def eval_super_resolution(args, sampler, record: dict, say) -> int:
     """PSNR / SSIM of bicubic and of the run's G on the held-out whole images."""
     import json
@@ -495,7 +625,7 @@ def eval_super_resolution(args, sampler, record: dict, say) -> int:
     from gankit.data import load_photos
     from gankit.evaluate import append_jsonl, format_table
 
-    dataset = args.data or sampler.meta["config"]["data"]["dataset"]
+    dataset = args.data or run_data_config(sampler, args.run).dataset
     scale = sampler.model_cfg.scale
     photos = load_photos(dataset, "test")
     say(f"x{scale} super-resolution of {len(photos)} held-out images of {dataset}")
@@ -520,33 +650,39 @@ def eval_super_resolution(args, sampler, record: dict, say) -> int:
 
 
 def cmd_upscale(args) -> int:
-    import numpy as np
-    from PIL import Image
-
-    from gankit.sample import Sampler
-
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise GankitError(f"--out must end in .png or .jpg, got {args.out!r}")
     if out.exists() and not args.force:
         raise GankitError(f"{out} exists: pick another --out or pass --force")
+    check_writable(args.out, "--out")
     if args.tile < 8:
-        raise GankitError("--tile must be >= 8")
+        raise GankitError(f"--tile must be >= 8 (LR pixels), got {args.tile}")
+    if not Path(args.input).is_file():
+        what = "is a folder, not an image" if Path(args.input).is_dir() else "does not exist"
+        raise GankitError(f"image {args.input} {what}")
+
+    import numpy as np
+    from PIL import Image
+
+    from gankit import files
+    from gankit.data import format_bytes, memory_bytes, read_rgb
+    from gankit.sample import Sampler
+
     sampler = Sampler.load(args.run, args.checkpoint, args.device)
     if not hasattr(sampler.family, "upscale"):
         raise GankitError(f"{args.run} is a {sampler.model_cfg.family} run, not super-resolution")
-    from gankit.data import read_rgb
-
-    if not Path(args.input).is_file():
-        raise GankitError(f"image {args.input} does not exist")
     rgb = read_rgb(Path(args.input))
     srgan, scale = sampler.family, sampler.model_cfg.scale
+    need = rgb.size * scale * scale * 4 * 3  # the float result, its uint8 copy, headroom
+    if memory_bytes() and need > memory_bytes():
+        raise GankitError(
+            f"upscaling {args.input} ({rgb.shape[1]} x {rgb.shape[0]}) x{scale} needs about "
+            f"{format_bytes(need)} of memory, more than this machine's {format_bytes(memory_bytes())}"
+        )
     lr = srgan.to_tensor(rgb).to(sampler.device)
     sr = srgan.to_rgb(srgan.upscale(sampler.nets["G"], lr, scale, tile=args.tile))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
-    Image.fromarray(np.ascontiguousarray(sr)).save(tmp)
-    tmp.replace(out)
+    files.write_with(out, lambda tmp: Image.fromarray(np.ascontiguousarray(sr)).save(tmp))
     print(
         f"wrote {out}: {rgb.shape[1]} x {rgb.shape[0]} -> {sr.shape[1]} x {sr.shape[0]} (x{scale})"
     )
@@ -578,6 +714,7 @@ def cmd_lab(args) -> int:
         options |= lab_common(args)
         cfg = Lab1DConfig(**{k: v for k, v in options.items() if v is not None})
         cfg.validate()
+        check_lab_memory(cfg.batch_size, 1, cfg.width)
         run_dir = lab_run_dir(args, "lab1d")
         print(f"run folder: {run_dir}")
         r = run_lab1d(cfg, run_dir)
@@ -606,7 +743,10 @@ def cmd_lab(args) -> int:
             "ema": args.ema,
             "nz": args.nz,
         }
+        if args.drs is not None and args.drs < 0:
+            raise GankitError(f"--drs must be >= 0 (0 = off), got {args.drs}")
         cfg = resolve(args.remedy, **(options | lab_common(args)))
+        check_lab_memory(cfg.batch_size, cfg.nz, max(cfg.g_width, cfg.d_width))
         if args.dry_run:
             import yaml
 
@@ -625,8 +765,24 @@ def cmd_lab(args) -> int:
     return 0
 
 
+def check_lab_memory(batch_size: int, nz: int, width: int) -> None:
+    """Refuse a lab batch or latent this machine cannot hold, before allocating: a step keeps
+    about a dozen (batch, width) activations and their gradients, and G's first layer
+    is (nz, width)."""
+    from gankit.data import format_bytes, memory_bytes
+
+    need = 4 * (12 * batch_size * (width + nz) + 4 * nz * width)
+    if memory_bytes() and need > memory_bytes():
+        raise GankitError(
+            f"--batch-size {batch_size} with a latent of {nz} needs about {format_bytes(need)} "
+            f"of memory, more than this machine's {format_bytes(memory_bytes())}"
+        )
+
+
 def lab_run_dir(args, family: str) -> Path:
     """A fresh run folder; labs cannot be resumed, so an existing name is simply refused."""
+    if Path(args.runs_dir).exists() and not Path(args.runs_dir).is_dir():
+        raise GankitError(f"--runs-dir {args.runs_dir} is a file, not a folder")
     return new_run_dir(Path(args.runs_dir), args.name, family, resumable=False)
 
 
@@ -639,11 +795,14 @@ def parse_numbers(text: str | None, flag: str, kind: type = float) -> list | Non
     """'0,1,2' -> [0, 1, 2] (kind int) or [0.0, 1.0, 2.0]; None stays None."""
     if text is None:
         return None
+    what = "integers" if kind is int else "finite numbers"
     try:
-        return [kind(t) for t in text.split(",")]
+        values = [kind(t) for t in text.split(",")]
     except ValueError:
-        what = "integers" if kind is int else "numbers"
         raise GankitError(f"{flag} takes comma-separated {what}, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise GankitError(f"{flag} takes comma-separated {what}, got {text!r}")
+    return values
 
 
 def cmd_list() -> int:
@@ -678,43 +837,97 @@ def _first_comment(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     import os
+    import warnings
 
     if not os.environ.get("GANKIT_DEBUG"):  # before torch loads: c10d's C++ log lines (a
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")  # rendezvous retrying) are noise
     argv = sys.argv[1:] if argv is None else argv
+    debug = bool(os.environ.get("GANKIT_DEBUG"))
     try:
-        args, extra = build_parser().parse_known_args(argv)
-        if args.command == "train":
-            return cmd_train(args, extra, argv)
-        if extra:
-            raise GankitError(f"unrecognized arguments: {' '.join(extra)}")
-        if args.command == "sample":
-            return cmd_sample(args)
-        if args.command == "eval":
-            return cmd_eval(args)
-        if args.command == "lab":
-            return cmd_lab(args)
-        if args.command == "upscale":
-            return cmd_upscale(args)
-        return cmd_list()
+        with warnings.catch_warnings():
+            if not debug:  # one line per warning, not Python's two (file:line and source)
+                warnings.showwarning = _one_line_warning
+            return run_command(argv)
     except GankitError as e:
         report_error(e)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("gankit: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # not a GankitError: a bug, or bad input nothing above caught
+        if debug:
+            raise
+        report_error(GankitError(describe_unexpected(e)), type(e).__name__)
+        return EXIT_USAGE
 
 
-def report_error(e: GankitError) -> None:
+def run_command(argv: list[str]) -> int:
+    args, extra = build_parser().parse_known_args(argv)
+    if args.command == "train":
+        return cmd_train(args, extra, argv)
+    if extra:
+        raise GankitError(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "sample":
+        return cmd_sample(args)
+    if args.command == "eval":
+        return cmd_eval(args)
+    if args.command == "lab":
+        return cmd_lab(args)
+    if args.command == "upscale":
+        return cmd_upscale(args)
+    return cmd_list()
+
+
+WRITE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG}
+
+
+def describe_unexpected(e: Exception) -> str:
+    """One line for an exception no check turned into a GankitError.
+
+    Exit code 2 like every refusal, not 1: most of these are still bad input that no
+    check foresaw (a file that breaks a library in a new way), and a script that runs
+    gankit only needs to know the command failed and that stderr says why in one line."""
+    if isinstance(e, OSError) and e.strerror:
+        path = _final_name(str(e.filename)) if e.filename is not None else "a file"
+        verb = "write" if e.errno in WRITE_ERRORS else "access"
+        return f"cannot {verb} {path}: {e.strerror}"
+    if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
+        return (
+            f"out of memory ({type(e).__name__}): try a smaller --batch-size, --n or model "
+            f"(run with GANKIT_DEBUG=1 for the traceback)"
+        )
+    first = (str(e).strip().splitlines() or [""])[0]
+    return (
+        f"unexpected {type(e).__name__}{': ' + first if first else ''} "
+        f"(run with GANKIT_DEBUG=1 for the traceback)"
+    )
+
+
+def _final_name(path: str) -> str:
+    """The file a write was meant for: gankit writes NAME through a temporary .NAME.tmp-PID."""
+    p = Path(path)
+    name, dot, _ = p.name.partition(".tmp-")
+    if dot and name.startswith("."):
+        return str(p.with_name(name[1:]))
+    return path
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    text = (str(message).strip().splitlines() or [""])[0]
+    print(f"gankit: warning: {text} ({category.__name__})", file=file or sys.stderr)
+
+
+def report_error(e: GankitError, kind: str | None = None) -> None:
     """One line on stderr. A worker of an elastic launcher also records it in the error file
     the launcher reads; under `gankit train --nproc` the launcher alone prints it."""
     import json
     import os
 
-    line = f"gankit: error: {e}"
+    line = f"gankit: error: {e}".splitlines()[0]
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if path:
-        record = {"message": line, "timestamp": int(time.time()), "gankit": type(e).__name__}
+        kind = kind or type(e).__name__
+        record = {"message": line, "timestamp": int(time.time()), "gankit": kind}
         try:
             Path(path).write_text(json.dumps(record))
         except OSError:

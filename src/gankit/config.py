@@ -15,6 +15,7 @@ config is validated when built, so a bad value is refused before any work starts
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -25,11 +26,13 @@ from typing import Any
 import yaml
 
 from gankit.augment import parse_policy
+from gankit.data import check_spec
 from gankit.errors import GankitError
 from gankit.losses import GAN_LOSSES
 from gankit.models import MODELS, is_adversarial
 
 AMP_MODES = ("none", "bf16")  # not "off": YAML reads that as false
+MIN_IMG_SIZE, MAX_IMG_SIZE = 8, 4096  # data.img_size: no family makes sense outside these
 
 
 @dataclass
@@ -40,8 +43,14 @@ class DataConfig:
     channels: int = 0  # 1 or 3; 0 = native (folders: 3)
 
     def __post_init__(self):
-        if self.img_size < 0 or self.channels not in (0, 1, 3):
-            raise ValueError("img_size must be >= 0 and channels one of 0, 1, 3")
+        if self.img_size != 0 and not MIN_IMG_SIZE <= self.img_size <= MAX_IMG_SIZE:
+            raise ValueError(
+                f"img_size must be 0 (native) or {MIN_IMG_SIZE}..{MAX_IMG_SIZE} pixels, "
+                f"got {self.img_size}"
+            )
+        if self.channels not in (0, 1, 3):
+            raise ValueError(f"channels must be 0 (native), 1 or 3, got {self.channels}")
+        check_spec(self.dataset)
 
 
 @dataclass
@@ -82,6 +91,9 @@ class TrainConfig:
     best_metric: str = (
         "fd"  # metric that picks checkpoints/best: a key of `gankit eval`; "fd" = its FD
     )
+    rollback_lr: float = 0.5  # divergence: factor on both learning rates at each rollback
+    max_rollbacks: int = 3  # rollbacks in a row (none getting past the failure) before giving up
+    collapse_alarm: float = 0.5  # warn when the fixed batch's diversity < this x its peak; 0 = off
 
     def __post_init__(self):
         if self.loss not in GAN_LOSSES:
@@ -104,6 +116,12 @@ class TrainConfig:
             raise ValueError("Adam betas must be in [0, 1)")
         if self.d_warmup < 0 or self.keep < 0 or self.eval_every < 0:
             raise ValueError("d_warmup, keep and eval_every must be >= 0")
+        if not 0 < self.rollback_lr <= 1:
+            raise ValueError(f"rollback_lr must be in (0, 1], got {self.rollback_lr}")
+        if self.max_rollbacks < 0:
+            raise ValueError(f"max_rollbacks must be >= 0, got {self.max_rollbacks}")
+        if not 0 <= self.collapse_alarm < 1:
+            raise ValueError(f"collapse_alarm must be in [0, 1), got {self.collapse_alarm}")
         if self.eval_n < 2:
             raise ValueError(f"eval_n must be >= 2, got {self.eval_n}")
         if not 0 <= self.lr_decay <= 1:
@@ -119,6 +137,8 @@ class TrainConfig:
             raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if not self.dist_timeout > 0:
             raise ValueError(f"dist_timeout must be > 0 seconds, got {self.dist_timeout}")
+        if not 0 <= self.seed < 2**32:  # numpy's seeding takes no more
+            raise ValueError(f"seed must be in 0..{2**32 - 1}, got {self.seed}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
@@ -147,28 +167,19 @@ def section_class(section: str, family: str) -> type:
 def from_dict(d: dict | None) -> Config:
     """Build and validate a Config from nested dicts; unknown keys are refused."""
     d = d or {}
-    if not isinstance(d, dict):
-        raise GankitError("a config must be a mapping with sections model, data, train")
-    unknown = set(d) - set(SECTIONS)
-    if unknown:
-        raise GankitError(
-            f"unknown config section {sorted(unknown)[0]!r}: choose from {', '.join(SECTIONS)}"
-        )
-    family = (d.get("model") or {}).get("family", "mlp")
-    if family not in MODELS:
-        raise GankitError(f"unknown model family {family!r}: choose one of {', '.join(MODELS)}")
+    check_sections(d)
+    family = _family(d)
     sections = {}
     for name in SECTIONS:
         cls, values = section_class(name, family), d.get(name) or {}
-        if not isinstance(values, dict):
-            raise GankitError(f"config section {name!r} must be a mapping")
         hints = typing.get_type_hints(cls)
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs = {}
         for key, value in values.items():
             if key not in fields:
                 raise GankitError(
-                    f"unknown option {name}.{key}: valid ones are {', '.join(sorted(fields))}"
+                    f"unknown option {name}.{key if isinstance(key, str) else _short(key)}: "
+                    f"valid ones are {', '.join(sorted(fields))}"
                 )
             kwargs[key] = _coerce(value, hints[key], f"{name}.{key}")
         try:
@@ -178,6 +189,34 @@ def from_dict(d: dict | None) -> Config:
     cfg = Config(**sections)
     check_combination(cfg)
     return cfg
+
+
+def check_sections(d: Any) -> None:
+    """Refuse a config that is not {section: mapping}, before any of it is read."""
+    if not isinstance(d, dict):
+        raise GankitError(
+            f"a config must be a mapping with sections model, data, train; got {_short(d)}"
+        )
+    unknown = [k for k in d if k not in SECTIONS]
+    if unknown:
+        raise GankitError(
+            f"unknown config section {_short(unknown[0])}: choose from {', '.join(SECTIONS)}"
+        )
+    for name in SECTIONS:
+        if not isinstance(d.get(name) or {}, dict):
+            raise GankitError(
+                f"config section {name!r} must be a mapping of options (indented "
+                f"'key: value' lines under '{name}:'), got {_short(d[name])}"
+            )
+
+
+def _family(d: dict) -> str:
+    family = (d.get("model") or {}).get("family", "mlp")
+    if not isinstance(family, str) or family not in MODELS:
+        raise GankitError(
+            f"unknown model family {_short(family)}: choose one of {', '.join(MODELS)}"
+        )
+    return family
 
 
 def check_combination(cfg: Config) -> None:
@@ -207,9 +246,68 @@ def check_combination(cfg: Config) -> None:
         )
 
 
+def check_size(cfg: Config) -> None:
+    """Refuse a run that cannot fit in the training device's memory, before anything is
+    allocated: the networks are built on torch's meta device (shapes, no storage) to count
+    their parameters. Counted: weights, gradients, Adam's two moments, G's moving average,
+    and the batches of real and fake images; activations come on top, so this only stops
+    sizes that are impossible here (`--model.ngf 1000000`), not every run that will not fit."""
+    import torch
+
+    from gankit.data import expected_img_shape, format_bytes, memory_bytes
+
+    d, t = cfg.data, cfg.train
+    shape = expected_img_shape(d.dataset, d.img_size, d.channels)
+    if shape is None:  # only the data can tell (an npz file's native size, 2D points)
+        return
+    family = MODELS[cfg.model.family]
+    try:
+        with torch.device("meta"):
+            nets = family.build(cfg.model, shape, 10)
+    except GankitError:
+        raise  # a size this family cannot build (DCGAN at 30 x 30): refused now, not later
+    except Exception:  # a family the meta device cannot build: no estimate, no refusal
+        return
+    params = sum(p.numel() for net in nets.values() for p in net.parameters())
+    per_param = 4 * (4 + (t.ema > 0))  # float32: weight, gradient, Adam's m and v, EMA copy
+    image = math.prod(shape) * 4  # bytes of one float32 image
+    parts = {  # what takes memory -> (bytes, what to make smaller)
+        f"the {cfg.model.family} model's {params:,} parameters with their gradients and "
+        "Adam's state": (params * per_param, "the model (model.ngf, model.g_widths, ...)"),
+        f"batches of {t.batch_size} real and fake images of {shape}": (
+            2 * t.batch_size * t.n_critic * image,
+            "train.batch_size",
+        ),
+        f"the fixed batch of {t.n_fixed} images": (t.n_fixed * image, "train.n_fixed"),
+        f"evaluations of {t.eval_n} samples": (
+            (t.eval_n if t.eval_every else 0) * image,
+            "train.eval_n",
+        ),
+    }
+    need = sum(size for size, _ in parts.values())
+    device = t.device if t.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise GankitError(
+                f"train.device {device}: torch sees {torch.cuda.device_count()} CUDA device(s)"
+            )
+        have, where = torch.cuda.get_device_properties(index).total_memory, device
+    else:
+        have, where = memory_bytes(), "this machine"
+    if have and need > have:
+        what, (size, knob) = max(parts.items(), key=lambda kv: kv[1][0])
+        raise GankitError(
+            f"this run needs at least {format_bytes(need)} of memory, more than the "
+            f"{format_bytes(have)} of {where} (of it, {what}: {format_bytes(size)}); "
+            f"make {knob} smaller"
+        )
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Coerce a YAML-parsed value to a field's declared type, or refuse it."""
     origin = typing.get_origin(hint)
+    expected = getattr(hint, "__name__", str(hint))
     try:
         if hint is bool:
             if isinstance(value, bool):
@@ -220,10 +318,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             if isinstance(value, float) and value.is_integer():
                 return int(value)
         elif hint is float:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
             if isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
-                return float(value)
+                value = float(value)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if math.isfinite(value):
+                    return float(value)
+                expected = "a finite float"  # nan and inf make no sense for any field
         elif hint is str:
             if isinstance(value, (str, int, float)) and not isinstance(value, bool):
                 return str(value)
@@ -231,14 +331,22 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             item = typing.get_args(hint)[0]
             if isinstance(value, str):
                 value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = [value]  # --g-widths 8: one layer
+            expected = f"comma-separated {item.__name__}s"
             if isinstance(value, (list, tuple)):
                 return tuple(_coerce(v, item, where) for v in value)
         elif origin in (typing.Union, types.UnionType):
             return value
     except (GankitError, ValueError):
         pass
-    name = getattr(hint, "__name__", str(hint))
-    raise GankitError(f"bad value for {where}: expected {name}, got {value!r}")
+    raise GankitError(f"bad value for {where}: expected {expected}, got {_short(value)}")
+
+
+def _short(value: Any) -> str:
+    """repr(value), cut to one readable line."""
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def resolve_key(key: str, family: str) -> tuple[str, str]:
@@ -268,6 +376,7 @@ def _field_names(section: str, family: str) -> list[str]:
 
 def apply_overrides(d: dict, overrides: dict[str, str]) -> dict:
     """Apply {"lr-d": "1e-4", "model.nz": "100"} to a nested config dict (values parsed as YAML)."""
+    check_sections(d)
     d = {s: dict(d.get(s) or {}) for s in SECTIONS} | {
         k: v for k, v in d.items() if k not in SECTIONS
     }
@@ -275,9 +384,11 @@ def apply_overrides(d: dict, overrides: dict[str, str]) -> dict:
         overrides.items(), key=lambda kv: kv[0].replace("-", "_") not in ("family", "model.family")
     )
     for key, raw in items:  # model.family first: it decides which model fields exist
-        section, name = resolve_key(key, d["model"].get("family", "mlp"))
-        try:
-            value = yaml.safe_load(raw) if isinstance(raw, str) else raw
+        family = _family(d)
+        section, name = resolve_key(key, family)
+        hint = typing.get_type_hints(section_class(section, family))[name]
+        try:  # a str field takes the text as it is: `folder:x` and `[a]` are names, not YAML
+            value = yaml.safe_load(raw) if isinstance(raw, str) and hint is not str else raw
         except yaml.YAMLError:
             value = raw
         d[section][name] = raw if value is None else value
@@ -287,14 +398,26 @@ def apply_overrides(d: dict, overrides: dict[str, str]) -> dict:
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise GankitError(f"config file {path} does not exist")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise GankitError(f"config file {path} {what}")
     try:
-        d = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise GankitError(
+            f"config {path} is not UTF-8 text (byte {e.start}): save it as UTF-8 YAML"
+        ) from None
+    try:
+        d = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         first = str(e).splitlines()[0] if str(e) else "parse error"
-        raise GankitError(f"cannot parse config {path}: {first}") from None
+        where = getattr(e, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise GankitError(f"cannot parse config {path}{line}: {first}") from None
     if not isinstance(d, dict):
-        raise GankitError(f"config {path} must be a mapping with sections model, data, train")
+        raise GankitError(
+            f"config {path} must be a mapping with sections model, data, train; "
+            f"got {type(d).__name__} {_short(d)}"
+        )
     return d
 
 

@@ -12,6 +12,7 @@ line that says where to put it.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,13 @@ DATASETS = (
     "patches:PATH",
     "npz:PATH",
 )
+PATH_KINDS = ("folder", "patches", "npz")  # the specs that name a path: KIND:PATH
+NATIVE_SHAPES = {  # (C, H, W) as loaded, before data.img_size / data.channels
+    "mnist": (1, 28, 28),
+    "fashion-mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "stacked-mnist": (3, 28, 28),
+}
 STACKED_SIZE = {"train": 25_000, "test": 10_000}  # stacked images drawn from the MNIST split
 POINTS_SIZE = 100_000  # samples drawn from a 2D mixture (ring, grid)
 FOLDER_DEFAULT_SIZE = 64
@@ -57,6 +65,16 @@ class Dataset:
     source: str  # where the images came from, for the log
     classes: list[str] = field(default_factory=list)  # class names; [] = unlabelled
 
+    def fingerprint(self) -> str:
+        """A digest of the images and labels (in their order), which a checkpoint records so
+        that a run is not resumed on other data by mistake."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(repr((tuple(self.images.shape), self.classes)).encode())
+        h.update(self.images.contiguous().numpy().tobytes())
+        if self.labels is not None:
+            h.update(self.labels.contiguous().numpy().tobytes())
+        return h.hexdigest()
+
     def __len__(self) -> int:
         return self.images.shape[0]
 
@@ -67,6 +85,50 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+def check_spec(spec: str) -> None:
+    """Refuse a dataset spec that names no dataset, before anything is loaded."""
+    kind, colon, path = spec.partition(":")
+    if colon and kind in PATH_KINDS:
+        if not path.strip():
+            raise GankitError(f"dataset {spec!r} names no path: say {kind}:PATH")
+    elif spec not in DATASETS:
+        raise GankitError(f"unknown dataset {spec!r}: choose one of {', '.join(DATASETS)}")
+
+
+def expected_img_shape(spec: str, img_size: int = 0, channels: int = 0) -> tuple | None:
+    """The (C, H, W) that make_dataset(spec, img_size=..., channels=...) will return, known
+    without loading it; None when only the data can tell (an npz file's native size, 2D points)."""
+    if spec in ("ring", "grid"):
+        return None
+    native = NATIVE_SHAPES.get(spec)
+    if native is None and (spec == "photos" or spec.partition(":")[0] in ("folder", "patches")):
+        native = (3, FOLDER_DEFAULT_SIZE, FOLDER_DEFAULT_SIZE)
+    if spec == "stacked-mnist" or spec == "photos" or spec.startswith("patches:"):
+        channels = 3  # always RGB
+    if native is None:  # npz:PATH
+        if not (img_size and channels):
+            return None
+        native = (channels, img_size, img_size)
+    return (channels or native[0], img_size or native[1], img_size or native[2])
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory in bytes (0 when the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def format_bytes(n: float) -> str:
+    """1234567 -> '1.2 MB' (decimal units, as disks and `free -h --si` count)."""
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:,.1f} PB"
 
 
 def cache_dir() -> Path:
@@ -236,10 +298,11 @@ def _image_folder(path: Path, size: int, channels: int) -> Dataset:
     Images in subfolders are labelled by their first-level subfolder; images
     directly in `path` make an unlabelled dataset.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     if not path.is_dir():
-        raise GankitError(f"image folder {path} does not exist")
+        what = "is a file, not a folder" if path.exists() else "does not exist"
+        raise GankitError(f"image folder {path} {what}")
     files = sorted(
         p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
     )
@@ -253,12 +316,8 @@ def _image_folder(path: Path, size: int, channels: int) -> Dataset:
         raise GankitError(f"channels must be 1 or 3 for an image folder, got {channels}")
     arrays = []
     for p in files:
-        try:
-            with Image.open(p) as im:
-                im = ImageOps.fit(im.convert(mode), (size, size), Image.Resampling.BICUBIC)
-                arrays.append(np.asarray(im, dtype=np.uint8).reshape(size, size, channels))
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise GankitError(f"cannot read image {p}: {e}") from None
+        im = ImageOps.fit(open_image(p, mode), (size, size), Image.Resampling.BICUBIC)
+        arrays.append(np.asarray(im, dtype=np.uint8).reshape(size, size, channels))
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([classes.index(parts[0]) for parts in top]) if labelled else None
     return Dataset(
@@ -266,36 +325,144 @@ def _image_folder(path: Path, size: int, channels: int) -> Dataset:
     )
 
 
-def read_array_file(path: Path, what: str = "array file") -> tuple[np.ndarray, np.ndarray | None]:
-    """(images, labels or None) from .npz (keys `images`, optional `labels`) or .npy, no pickle.
+IMAGE_VALUES = "uint8 in [0, 255], or floats in [0, 1] or [-1, 1]"
 
-    Images come back as (N, C, H, W) whether stored NCHW, NHWC or (N, H, W);
-    a 2D array (N, 2) of points is returned as it is.
+
+def read_array_file(path: Path, what: str = "array file") -> tuple[np.ndarray, np.ndarray | None]:
+    """(images, labels or None) from .npz (keys `images`, optional `labels`) or .npy.
+
+    Images come back as (N, C, H, W) whether stored NCHW, NHWC or (N, H, W), either
+    uint8 in [0, 255] or floats in [0, 1] or [-1, 1] (anything else is refused, not
+    guessed); a 2D array (N, 2) of points is returned as it is. Labels are N whole
+    numbers >= 0. Nothing is unpickled: each array's header is read first, so an
+    object array, a truncated file or one too large for memory is refused before loading.
     """
+    import zipfile
+
     path = Path(path)
     if not path.is_file():
-        raise GankitError(f"{what} {path} does not exist")
+        exists = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise GankitError(f"{what} {path} {exists}")
+    if path.suffix.lower() not in (".npz", ".npy"):
+        raise GankitError(f"{what} {path} must be a .npz (key 'images') or .npy file")
+    zipped = zipfile.is_zipfile(path)
+    if path.suffix.lower() == ".npz" and not zipped:
+        raise GankitError(
+            f"cannot read {what} {path}: not a complete .npz (zip) archive; truncated?"
+        )
     try:
-        if path.suffix == ".npy":
-            images, labels = np.load(path, allow_pickle=False), None
-        else:
+        if zipped:  # .npz (whatever the name says)
+            with zipfile.ZipFile(path) as z:
+                members = {Path(m).stem: m for m in z.namelist() if m.endswith(".npy")}
+                if "images" not in members:
+                    have = ", ".join(sorted(members)) or "none"
+                    raise GankitError(
+                        f"{what} {path} has no 'images' array (it has: {have}); "
+                        f"save it with np.savez(path, images=...)"
+                    )
+                for key in ("images", "labels"):
+                    if key in members:
+                        with z.open(members[key]) as f:
+                            size = z.getinfo(members[key]).file_size
+                            _check_npy_header(f, size, f"'{key}' in {what} {path}")
             with np.load(path, allow_pickle=False) as f:
-                if "images" not in f:
-                    have = ", ".join(f.files) or "none"
-                    raise GankitError(f"{path} has no 'images' array (it has: {have})")
                 images = f["images"]
                 labels = f["labels"] if "labels" in f else None
-    except (OSError, ValueError) as e:
-        raise GankitError(f"cannot read {what} {path}: {e}") from None
+        else:
+            with open(path, "rb") as f:
+                _check_npy_header(f, path.stat().st_size, f"{what} {path}")
+            images, labels = np.load(path, allow_pickle=False), None
+    except GankitError:
+        raise
+    except Exception as e:  # numpy and zipfile raise ValueError, EOFError, BadZipFile, zlib.error
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise GankitError(f"cannot read {what} {path}: {reason} (truncated?)") from None
+    images = _check_images(images, path)
+    if labels is not None:
+        labels = _check_labels(labels, len(images), path)
+    return images, labels
+
+
+def _check_npy_header(f, size: int, where: str) -> None:
+    """Refuse an .npy file or member by its header alone: object dtype (a pickle), a data
+    size the file does not hold, or one larger than this machine's memory."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+        if read is None:  # a newer header version: np.load alone checks it
+            return
+        shape, _, dtype = read(f)
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise GankitError(f"cannot read {where}: not a numpy .npy array ({reason})") from None
+    if dtype.hasobject:
+        raise GankitError(
+            f"{where} is an object array (pickled Python objects): gankit never unpickles; "
+            f"save a numeric array ({IMAGE_VALUES})"
+        )
+    need = math.prod(shape) * dtype.itemsize
+    if need > size:
+        raise GankitError(
+            f"{where} is truncated: its header says {shape} {dtype} "
+            f"({format_bytes(need)}), the file holds {format_bytes(size)}"
+        )
+    if memory_bytes() and need > memory_bytes():
+        raise GankitError(
+            f"{where} is {shape} {dtype}: {format_bytes(need)}, more than this "
+            f"machine's memory ({format_bytes(memory_bytes())})"
+        )
+
+
+def _check_images(images: np.ndarray, path: Path) -> np.ndarray:
+    """Images as (N, C, H, W) with values gankit knows how to scale, or (N, 2) points."""
     if images.ndim == 3:
         images = images[:, None]
     if images.ndim not in (2, 4):
         raise GankitError(
-            f"{path}: 'images' must be (N, 2) points or 3D/4D images, got {images.shape}"
+            f"{path}: 'images' must be (N, 2) points or images (N, C, H, W), (N, H, W, C) or "
+            f"(N, H, W); got shape {images.shape}"
         )
+    if not len(images):
+        raise GankitError(f"{path}: 'images' holds no samples (shape {images.shape})")
     if images.ndim == 4 and images.shape[1] not in (1, 3) and images.shape[-1] in (1, 3):
         images = images.transpose(0, 3, 1, 2)  # NHWC -> NCHW
-    return np.ascontiguousarray(images), labels
+    if images.ndim == 4 and images.shape[1] not in (1, 3):
+        raise GankitError(f"{path}: images must have 1 or 3 channels, got shape {images.shape}")
+    kind = images.dtype.kind
+    if images.ndim == 2:  # 2D points: any real numbers
+        if images.shape[1] != 2 or kind not in "iuf":
+            raise GankitError(
+                f"{path}: 2D samples must be (N, 2) real numbers, got {images.shape} {images.dtype}"
+            )
+    elif images.dtype != np.uint8 and kind != "f":
+        raise GankitError(
+            f"{path}: images must be {IMAGE_VALUES}; got {images.dtype}"
+            + (" (cast 0..255 values to uint8)" if kind in "iu" else "")
+        )
+    if kind == "f":
+        lo, hi = float(np.min(images)), float(np.max(images))  # nan propagates
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise GankitError(f"{path}: 'images' holds NaN or infinite values")
+        if images.ndim == 4 and (lo < -1.001 or hi > 1.001):
+            raise GankitError(
+                f"{path}: float images must lie in [0, 1] or [-1, 1], got values in "
+                f"[{lo:.4g}, {hi:.4g}]: divide 0..255 values by 255, or save uint8"
+            )
+    return np.ascontiguousarray(images)
+
+
+def _check_labels(labels: np.ndarray, n: int, path: Path) -> np.ndarray:
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise GankitError(
+            f"{path}: 'labels' must be ({n},) whole numbers (class indices), "
+            f"got shape {labels.shape} {labels.dtype}"
+        )
+    if len(labels) != n:
+        raise GankitError(f"{path}: {len(labels)} labels for {n} images: need one per image")
+    if n and labels.min() < 0:
+        raise GankitError(f"{path}: labels must be class indices >= 0, got {labels.min()}")
+    return labels
 
 
 def _npz(path: Path) -> Dataset:
@@ -344,13 +511,45 @@ def _bundled_photo(name: str) -> np.ndarray:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    return np.asarray(open_image(path, "RGB"), dtype=np.uint8)
 
+
+def open_image(path: Path, mode: str):
+    """The image at `path`, decoded and converted to `mode` ("L" or "RGB"), as a PIL image.
+
+    Grey, palette, RGBA (alpha dropped) and 16-bit images are converted; 16-bit values are
+    scaled to 8 bits (PIL's own conversion would clip them). A file PIL cannot decode, or
+    one larger than PIL.Image.MAX_IMAGE_PIXELS (a decompression bomb), is refused with one line.
+    """
+    import warnings
+
+    from PIL import Image
+
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise GankitError(f"cannot read image {path}: the file is empty (0 bytes)")
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise GankitError(f"cannot read image {path}: {e}") from None
+        with warnings.catch_warnings():  # PIL warns between 1x and 2x its limit: refuse as well
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit grey
+                    grey = np.asarray(im, dtype=np.float64)
+                    peak = 65535.0 if im.mode.startswith("I;16") or grey.max() > 255 else 255.0
+                    grey = (grey * (255.0 / peak)).round().clip(0, 255)
+                    im = Image.fromarray(grey.astype(np.uint8))
+                return im.convert(mode)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise GankitError(
+            f"cannot read image {path}: it is too large ({_first_sentence(e)}); raise "
+            f"PIL.Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS:,}) only for files you trust"
+        ) from None
+    except Exception as e:  # PIL raises many kinds (OSError, SyntaxError, struct.error...)
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise GankitError(f"cannot read image {path}: {reason}") from None
+
+
+def _first_sentence(e: Exception) -> str:
+    return str(e).split(". ")[0].splitlines()[0] if str(e) else type(e).__name__
 
 
 def _patches(spec: str, size: int, split: str) -> Dataset:

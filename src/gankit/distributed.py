@@ -328,6 +328,15 @@ def mean_scalars(d: Dist, scalars: dict[str, float | Tensor]) -> dict[str, float
     return dict(zip(keys, values.tolist(), strict=True))
 
 
+def any_rank(d: Dist, flag: Tensor) -> bool:
+    """Whether `flag` (a tensor on this rank's device, nonzero = true) holds on any rank:
+    one all-reduce."""
+    flag = flag.detach().float().reshape(1)
+    if d.enabled:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def gather_rows(d: Dist, x: Tensor, total: int) -> Tensor:
     """Every rank's rows (its share of `total`, in rank order) on every rank: (total, ...)."""
     if not d.enabled:

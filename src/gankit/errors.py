@@ -1,7 +1,8 @@
 """The one exception type that means "the user asked for something we cannot do".
 
-The CLI turns a `GankitError` into a single line on stderr and exit code 2; any
-other exception is a bug and keeps its traceback.
+The CLI turns a `GankitError` into a single line on stderr and exit code 2. Any
+other exception (a bug, or bad input no check foresaw) also ends as one line and
+exit code 2, saying its type; GANKIT_DEBUG=1 lets it raise with its traceback.
 """
 
 

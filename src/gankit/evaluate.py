@@ -45,15 +45,23 @@ IMAGE_KEYS = [
 ]
 
 
-def lower_is_better(key: str) -> bool:
-    return key not in HIGHER_IS_BETTER
+BEST_AT_ONE = {"density"}  # ~1 when matched: below strays from the data, above crowds its modes
+
+
+def badness(key: str, value: float) -> float:
+    """How far `value` of metric `key` is from ideal: the lower, the better."""
+    if key in BEST_AT_ONE:
+        return abs(value - 1)
+    return -value if key in HIGHER_IS_BETTER else value
 
 
 def load_samples(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(samples, labels or None) from .npz (keys `images`, optional `labels`, as `gankit
     sample --out` writes) or .npy.
 
-    Images (N, C, H, W) come back in [-1, 1]; (N, 2) points come back unscaled.
+    Images are read as uint8 in [0, 255] or floats in [0, 1] or [-1, 1] (anything else,
+    object arrays, NaN or mismatched labels are refused: see gankit.data.read_array_file)
+    and come back (N, C, H, W) in [-1, 1]; (N, 2) points come back unscaled.
     """
     x, labels = read_array_file(Path(path), "samples file")
     labels = None if labels is None else torch.as_tensor(labels, dtype=torch.int64)

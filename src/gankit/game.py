@@ -15,10 +15,15 @@ textbook loop, neither of which changes the maths:
   again (same z, same G weights, so the same images);
 - D's weights are frozen during the G step, so backprop through D computes
   only the gradient with respect to its input, not D's unused weight gradients.
+
+Mixed precision: the forward passes and the losses run inside `game.autocast()`;
+backward passes (the penalties' gradients too) and optimiser steps run outside it,
+as PyTorch's AMP guide asks.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,18 +49,14 @@ class GameSettings:
     augment: tuple[str, ...] = ()  # DiffAugment policy applied to everything D sees
     instance_noise: float = 0.0  # std of Gaussian noise added to everything D sees (this step)
     content_net: nn.Module | None = None  # SRGAN: frozen features for the content loss
+    # A fresh context per use for the forward passes and losses (e.g. bf16 torch.autocast);
+    # backward passes and optimiser steps run outside it. nullcontext = float32 throughout.
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
 
 def split_outputs(out: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
     """D's output as (logits (B,), class logits (B, K) or None)."""
     return out if isinstance(out, tuple) else (out, None)
-
-
-def lr_scale(step: int, steps: int, decay: float) -> float:
-    """The learning rates' factor for update `step` (0-based): 1, then a linear fall over the
-    final `decay` fraction of the run that reaches 0 after the last update."""
-    decay_steps = round(decay * steps)
-    return min(1.0, (steps - step) / decay_steps) if decay_steps else 1.0
 
 
 def make_optimizers(
@@ -131,11 +132,17 @@ def adversarial_step(
     loss = GAN_LOSSES[game.loss]
 
     def critic(x: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """D's scores of x as the game sees it (augmented, noised); call under game.autocast()."""
         if game.augment:
             x = diff_augment(x, game.augment)
         if game.instance_noise:
             x = x + game.instance_noise * torch.randn_like(x)
         return split_outputs(D(x, labels))  # (B,) scores, (B, K) class logits or None
+
+    def scores_under_autocast(x: Tensor, labels: Tensor | None) -> Tensor:
+        """D's scores for a penalty, whose own autograd.grad then runs outside autocast."""
+        with game.autocast():
+            return critic(x, labels)[0]
 
     # A D with BatchNorm must see reals and fakes in separate batches (mixing them
     # changes its batch statistics); any other D scores both in one forward pass.
@@ -143,28 +150,32 @@ def adversarial_step(
     out = {}
     for i, (real, labels) in enumerate(batches):
         n, last = real.shape[0], i == len(batches) - 1
-        with torch.set_grad_enabled(last and train_g):  # only the last fake feeds the G step
-            fake = G(z_fn(n), labels)
         if game.r1:
             real = real.detach().requires_grad_(True)
-        if joint:
-            scores, classes = critic(torch.cat([real, fake.detach()]), twice(labels))
-            real_scores, fake_scores = scores.split(n)
-            real_classes, fake_classes = classes.split(n) if classes is not None else (None, None)
-        else:
-            real_scores, real_classes = critic(real, labels)
-            fake_scores, fake_classes = critic(fake.detach(), labels)
-        d_loss = loss.d(real_scores, fake_scores, game.real_target)
-        if loss.gradient_penalty:
-            gp = gradient_penalty(lambda x, y=labels: critic(x, y)[0], real, fake)
+        with game.autocast():
+            with torch.set_grad_enabled(last and train_g):  # only the last fake feeds the G step
+                fake = G(z_fn(n), labels)
+            if joint:
+                scores, classes = critic(torch.cat([real, fake.detach()]), twice(labels))
+                real_scores, fake_scores = scores.split(n)
+                real_classes, fake_classes = (
+                    classes.split(n) if classes is not None else (None, None)
+                )
+            else:
+                real_scores, real_classes = critic(real, labels)
+                fake_scores, fake_classes = critic(fake.detach(), labels)
+            d_loss = loss.d(real_scores, fake_scores, game.real_target)
+            if real_classes is not None:  # ACGAN: D learns the class of reals (and of fakes)
+                class_loss = F.cross_entropy(real_classes, labels)
+                if game.aux_fakes:
+                    class_loss = class_loss + F.cross_entropy(fake_classes, labels)
+        if loss.gradient_penalty:  # the penalties differentiate D: outside autocast
+            gp = gradient_penalty(lambda x, y=labels: scores_under_autocast(x, y), real, fake)
             d_loss = d_loss + game.gp_weight * gp
         if game.r1:
             r1 = r1_penalty(real_scores, real)
             d_loss = d_loss + 0.5 * game.r1 * r1
-        if real_classes is not None:  # ACGAN: D learns the class of reals (and of fakes)
-            class_loss = F.cross_entropy(real_classes, labels)
-            if game.aux_fakes:
-                class_loss = class_loss + F.cross_entropy(fake_classes, labels)
+        if real_classes is not None:
             d_loss = d_loss + game.aux_weight * class_loss
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
@@ -181,10 +192,11 @@ def adversarial_step(
         out["acc/class_real"] = (real_classes.detach().argmax(1) == labels).float().mean()
     if train_g:
         D.requires_grad_(False)  # G step: gradients flow through D to G, not into D's weights
-        fake_scores, fake_classes = critic(fake, labels)
-        g_loss = loss.g(fake_scores)
-        if fake_classes is not None:  # ACGAN: G makes fakes D classifies as their label
-            g_loss = g_loss + game.aux_weight * F.cross_entropy(fake_classes, labels)
+        with game.autocast():
+            fake_scores, fake_classes = critic(fake, labels)
+            g_loss = loss.g(fake_scores)
+            if fake_classes is not None:  # ACGAN: G makes fakes D classifies as their label
+                g_loss = g_loss + game.aux_weight * F.cross_entropy(fake_classes, labels)
         D.requires_grad_(True)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()

@@ -6,17 +6,18 @@ sampling needs neither the dataset nor the training code.
 
 from __future__ import annotations
 
-import os
+import math
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.utils import save_image
 
 from gankit import checkpoint as ckpt
+from gankit import files
 from gankit.checkpoint import find_checkpoint
 from gankit.config import from_dict
-from gankit.data import to_uint8
+from gankit.data import format_bytes, memory_bytes, to_uint8
 from gankit.device import resolve_device
 from gankit.errors import GankitError
 from gankit.game import add_ema, sampling_nets
@@ -40,19 +41,43 @@ class Sampler:
 
     @classmethod
     def load(cls, run: str | Path, checkpoint: str | None = None, device: str = "auto") -> Sampler:
+        dev = check_device(device)
         path = find_checkpoint(run, checkpoint)
         meta = ckpt.read_meta(path)
-        cfg = from_dict({"model": meta["config"]["model"]})
+        ckpt.check_run_meta(meta, path)
+        try:
+            cfg = from_dict({"model": meta["config"]["model"]})
+        except GankitError as e:
+            raise GankitError(f"checkpoint {path}: {e}") from None
         family = MODELS[cfg.model.family]
-        nets = family.build(cfg.model, tuple(meta["img_shape"]), len(meta.get("classes", [])))
+        shape, num_classes = tuple(meta["img_shape"]), len(meta.get("classes", []))
         ema = meta["config"].get("train", {}).get("ema", 0)
+        if not isinstance(ema, (int, float)) or isinstance(ema, bool) or not 0 <= ema < 1:
+            raise GankitError(f"checkpoint {path}: train.ema must be in [0, 1), got {ema!r}")
+        check_fits(path, cfg.model, shape, num_classes, ema)
+        nets = family.build(cfg.model, shape, num_classes)
         if ema:
             nets = add_ema(nets, ema)
         ckpt.load_checkpoint(path, nets)
-        dev = resolve_device(device)
         for net in nets.values():
             net.to(dev).eval()
         return cls(family, cfg.model, nets, meta, dev)
+
+    def image_bytes(self, n: int) -> int:
+        """Memory that drawing n images takes: their latents, the uint8 chunks and the copy
+        `images` concatenates them into."""
+        latent = self.family.noise(self.model_cfg, 1, torch.Generator(), "cpu").numel()
+        return n * (4 * latent + 2 * math.prod(self.meta["img_shape"]) + 8)
+
+    def check_memory(self, n: int, flag: str = "--n") -> None:
+        """Refuse to draw n images that cannot fit in this machine's memory, before any is."""
+        need, have = self.image_bytes(n), memory_bytes()
+        if have and need > have:
+            raise GankitError(
+                f"{flag} {n:,} images of {tuple(self.meta['img_shape'])} would take about "
+                f"{format_bytes(need)} of memory, more than this machine's {format_bytes(have)}: "
+                f"draw fewer (several files with different --seed, if you need more)"
+            )
 
     @property
     def classes(self) -> list[str]:
@@ -134,6 +159,22 @@ class Sampler:
         return torch.cat(chunks)
 
 
+def check_fits(path: Path, model_cfg, img_shape: tuple, num_classes: int, ema: float) -> None:
+    """Refuse a checkpoint whose tensors do not fit the networks its config describes,
+    reading its header only: the networks are built on the meta device (shapes, no
+    storage), so a checkpoint whose config lies (a width of 10^9) allocates nothing."""
+    family = MODELS[model_cfg.family]
+    try:
+        with torch.device("meta"):
+            nets = family.build(model_cfg, img_shape, num_classes)
+            nets = add_ema(nets, ema) if ema else nets
+    except GankitError as e:
+        raise GankitError(f"checkpoint {path}: {e}") from None
+    except Exception:  # a family the meta device cannot build: load_checkpoint still checks
+        return
+    ckpt.check_shapes(path, nets)
+
+
 def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Spherical interpolation between latents (B, nz) at fractions t (T,) -> (B, T, nz).
 
@@ -152,19 +193,29 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def save_npz(path: str | Path, images: torch.Tensor, **arrays: np.ndarray) -> None:
-    """Write uint8 images (N, C, H, W) under the key `images`, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
-    try:
-        np.savez_compressed(tmp, images=images.numpy(), **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write uint8 images (N, C, H, W) under the key `images`, atomically: a failed write
+    leaves an existing file as it was."""
+    files.write_with(
+        Path(path), lambda tmp: np.savez_compressed(tmp, images=images.numpy(), **arrays)
+    )
 
 
 def save_grid(path: str | Path, images: torch.Tensor, nrow: int) -> None:
-    """A PNG grid of uint8 images, nrow per row."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.float() / 255.0, path, nrow=nrow, padding=2)
+    """A PNG grid of uint8 images, nrow per row, written atomically like `save_npz`."""
+    from torchvision.utils import save_image  # slow to import: only when a grid is written
+
+    grid = images.float() / 255.0
+    files.write_with(Path(path), lambda tmp: save_image(grid, tmp, nrow=nrow, padding=2))
+
+
+def check_device(name: str) -> torch.device:
+    """auto | cpu | cuda | cuda:N as a torch device; anything else, or a GPU torch does not
+    see, is refused with one line."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise GankitError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
+    device = resolve_device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise GankitError(
+            f"device {name!r} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return device

@@ -23,6 +23,8 @@ A run folder holds:
 
 from __future__ import annotations
 
+import errno
+import math
 import random
 import signal
 import sys
@@ -36,16 +38,18 @@ import torch.distributed as torch_dist
 from torchvision.utils import save_image
 
 from gankit import checkpoint as ckpt
-from gankit import distributed
+from gankit import distributed, files
 from gankit.augment import parse_policy
 from gankit.config import Config, save_config
 from gankit.data import BatchSampler, Dataset, make_dataset, to_uint8, to_unit_range
 from gankit.device import autocast
 from gankit.distributed import Dist
 from gankit.errors import GankitError
-from gankit.evaluate import Evaluator, append_jsonl, lower_is_better, timestamp
-from gankit.game import GameSettings, add_ema, lr_scale, make_optimizers, sampling_nets
+from gankit.evaluate import Evaluator, append_jsonl, badness, timestamp
+from gankit.game import GameSettings, add_ema, make_optimizers, sampling_nets
+from gankit.metrics.diversity import diversity
 from gankit.models import MODELS, is_conditional
+from gankit.schedule import Ramp, lr_ramp, noise_ramp
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -110,9 +114,24 @@ class Run:
     noise_gen: torch.Generator  # the global batch's latents
     fixed_z: torch.Tensor  # what the progress grids feed G
     fixed_labels: torch.Tensor | None
+    lr_ramp: Ramp  # the learning rates' schedule (gankit.schedule)
+    noise_ramp: Ramp  # instance noise's
+    fingerprint: str  # the training data's digest
     run_dir: Path = Path(".")  # only rank 0 writes into it
     step: int = 0
     best: dict | None = None  # {"metric", "value", "step"} of checkpoints/best
+    lr_factor: float = 1.0  # product of the rollbacks' factors on both learning rates
+    rollbacks: int = 0  # rollbacks in a row, none of which got past the failing step
+    failed_at: int = 0  # the step where training last went non-finite
+    diversity_peak: float = 0.0  # the fixed batch's highest diversity so far (rank 0)
+    collapsed: bool = False  # the collapse alarm is raised
+
+    def learning_rates(self) -> None:
+        """Set each optimiser's rate for the coming update: base x rollback factor x schedule."""
+        scale = self.lr_factor * self.lr_ramp(self.step)
+        for name, opt in self.opts.items():
+            for group in opt.param_groups:
+                group["lr"] = self.lr[name] * scale
 
     @property
     def device(self) -> torch.device:
@@ -165,14 +184,59 @@ class Run:
             },
             "world_size": self.dist.world_size,
             "best": self.best,
+            "schedules": {"lr": self.lr_ramp.to_list(), "noise": self.noise_ramp.to_list()},
+            "guard": {
+                "lr_factor": self.lr_factor,
+                "rollbacks": self.rollbacks,
+                "failed_at": self.failed_at,
+            },
+            "diversity": {"peak": self.diversity_peak, "collapsed": self.collapsed},
+            "data_fingerprint": self.fingerprint,
         }
         return meta, extra
 
-    def restore(self, path: Path) -> None:
-        """Load a checkpoint's networks, optimisers and every RNG state (any world size)."""
+    def restore(self, path: Path, new_data: bool = False, log=print) -> None:
+        """Load a checkpoint's networks, optimisers, schedules and every RNG state (any world
+        size). A checkpoint of other training data is refused unless `new_data`."""
         if not path.is_file():
             raise GankitError(f"no checkpoint to resume from: {path} does not exist")
+        try:
+            self._restore(path, new_data, log)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            raise GankitError(
+                f"checkpoint {path} lacks or garbles what a resume needs ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''})"
+            ) from None
+
+    def _restore(self, path: Path, new_data: bool, log) -> None:
+        meta = ckpt.read_meta(path)
+        saved = meta.get("data_fingerprint")
+        if saved and saved != self.fingerprint:
+            if not new_data:
+                raise GankitError(
+                    f"{path} was trained on other data than {self.data.source} (fingerprint "
+                    f"{saved[:12]}, this data {self.fingerprint[:12]}): resume on the same data, "
+                    "or pass --new-data to go on with this data"
+                )
+            log(f"warning: resuming on other data than the checkpoint's ({self.data.source})")
         meta, extra = ckpt.load_checkpoint(path, self.nets, self.opts)
+        t, steps = self.cfg.train, int(meta["step"])
+        before = meta["config"]["train"]
+        ramps = meta.get("schedules") or {  # a checkpoint of a gankit without them
+            "lr": lr_ramp(before["steps"], before["lr_decay"]).to_list(),
+            "noise": noise_ramp(before["steps"]).to_list(),
+        }
+        self.lr_ramp = Ramp.from_list(ramps["lr"]).extended(
+            steps, t.steps, round(t.lr_decay * t.steps)
+        )
+        self.noise_ramp = Ramp.from_list(ramps["noise"]).extended(steps, t.steps, t.steps)
+        guard = meta.get("guard", {})
+        self.lr_factor = float(guard.get("lr_factor", 1.0))
+        self.rollbacks = int(guard.get("rollbacks", 0))
+        self.failed_at = int(guard.get("failed_at", 0))
+        alarm = meta.get("diversity", {})
+        self.diversity_peak = float(alarm.get("peak", 0.0))
+        self.collapsed = bool(alarm.get("collapsed", False))
         self.sampler.load_state_dict(
             {
                 "generator": extra["sampler.generator"],
@@ -293,6 +357,9 @@ def build_run(
         fixed_z,
         # Conditional grids show one class per row.
         grid_labels(t.n_fixed, data.num_classes, device) if conditional else None,
+        lr_ramp(t.steps, t.lr_decay),
+        noise_ramp(t.steps),
+        data.fingerprint(),
         run_dir,
     )
     game = GameSettings(
@@ -349,6 +416,11 @@ class Logbook:
         if self.writer:
             self.bar.write(line)
 
+    def event(self, tag: str, text: str, step: int) -> None:
+        """A line TensorBoard shows under Text, events/<tag>."""
+        if self.writer:
+            self.writer.add_text(f"events/{tag}", text, step)
+
     def close(self) -> None:
         self.bar.close()
         if self.writer:
@@ -360,18 +432,19 @@ class Scalars:
     log_every steps their window means, averaged over the ranks, are logged."""
 
     def __init__(self, run: Run):
-        self.every, self.window, self.n, self.t0 = (
-            run.cfg.train.log_every,
-            {},
-            0,
-            time.perf_counter(),
-        )
+        self.every = run.cfg.train.log_every
         self.last: dict[str, float] = {}
+        self.reset()
 
-    def __call__(self, run: Run, out: dict, book: Logbook) -> None:
+    def reset(self) -> None:
+        self.window, self.n, self.t0 = {}, 0, time.perf_counter()
+
+    def add(self, out: dict) -> None:
         for k, v in out.items():
             self.window[k] = self.window.get(k, 0) + v
         self.n += 1
+
+    def __call__(self, run: Run, out: dict, book: Logbook) -> None:
         t = run.cfg.train
         if not _due(run.step, self.every, t.steps):
             return
@@ -380,22 +453,197 @@ class Scalars:
         means["perf/images_per_s"] = self.n * t.batch_size * t.n_critic / (now - self.t0)
         book.scalars(means, run.step)
         book.bar.set_postfix_str(_postfix(means, run.sampler.epochs_done), refresh=False)
-        self.last, self.window, self.n, self.t0 = means, {}, 0, now
+        self.last = means
+        self.reset()
+
+
+class Diverged(GankitError):
+    """Training stayed non-finite through train.max_rollbacks rollbacks in a row."""
+
+
+class Guard:
+    """Catches non-finite values and rolls the run back to its last good state.
+
+    There is no check per step: a NaN or Inf in any loss or D output of a step makes the
+    running sums of the Scalars window non-finite, and a non-finite gradient makes the
+    weights so after the optimiser step. So at every step where anything reads the state
+    (a log, a grid, an evaluation, a checkpoint) one check of the window and of every
+    weight and buffer decides, with one all-reduce, for every rank at once:
+    - all finite: the state is good and is kept in memory (a copy of the networks and
+      optimisers) as the state to roll back to;
+    - otherwise: back to that state, both learning rates x train.rollback_lr, and the
+      batches since then skipped (the sampler goes on). After train.max_rollbacks
+      rollbacks in a row the last good state is saved and the run stops (`Diverged`).
+    A checkpoint is only ever written right after a check passed, so no non-finite state
+    reaches checkpoints/last, best or step-N."""
+
+    def __init__(self, run: Run):
+        t = run.cfg.train
+        self.every = [e for e in (t.log_every, t.sample_every, t.ckpt_every, t.eval_every) if e]
+        self.step, self.copies, self.layout = 0, [], []
+        self.keep(run)
+
+    def due(self, step: int, last: int) -> bool:
+        return any(_due(step, every, last) for every in self.every)
+
+    def keep(self, run: Run) -> None:
+        """Copy the (checked) state, what a rollback returns to: every network's weights and
+        buffers and every optimiser's state, into buffers allocated once."""
+        with torch.no_grad():
+            tensors, layout = _live_state(run)
+            if layout == self.layout:
+                torch._foreach_copy_(self.copies, tensors)
+            else:  # the first time, and once more when Adam's state appears after step 1
+                self.copies, self.layout = [t.detach().clone() for t in tensors], layout
+        self.step = run.step
+
+    def restore(self, run: Run) -> None:
+        with torch.no_grad():
+            for opt in run.opts.values():  # the kept state may predate Adam's first step
+                opt.state.clear()
+                opt.zero_grad(set_to_none=True)
+            nets = _net_tensors(run)
+            torch._foreach_copy_(nets, self.copies[: len(nets)])
+            for (name, i, key), value in zip(
+                self.layout[len(nets) :], self.copies[len(nets) :], strict=True
+            ):
+                opt = run.opts[name]
+                opt.state[_params(opt)[i]][key] = value.clone()
+        run.step = self.step
+
+    def check(self, run: Run, window: dict) -> str | None:
+        """None when every rank's window and weights are finite, else what was not."""
+        sums = [torch.as_tensor(v, device=run.device).float() for v in window.values()]
+        bad = torch.zeros((), device=run.device)
+        if sums:
+            bad = bad + (~torch.stack(sums).isfinite()).any()
+        names, flags = finite_flags(run.nets)
+        bad = bad + (~flags).any()
+        if not distributed.any_rank(run.dist, bad):
+            return None
+        names = [k for k, v in window.items() if not math.isfinite(float(v))] + [
+            k for k, ok in zip(names, flags.tolist(), strict=True) if not ok
+        ]
+        return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "") or "on another rank"
+
+    def __call__(self, run: Run, scalars: Scalars, book: Logbook) -> bool:
+        """True when the step's state is good (the other parts go on), False after a rollback."""
+        t = run.cfg.train
+        if not self.due(run.step, t.steps):
+            return True
+        what = self.check(run, scalars.window)
+        if what is None:
+            if run.rollbacks and run.step >= run.failed_at:  # got past the failure
+                run.rollbacks = 0
+            self.keep(run)
+            return True
+        bad_step, good_step = run.step, self.step
+        self.restore(run)
+        scalars.reset()
+        book.bar.n = run.step
+        if run.rollbacks >= t.max_rollbacks:
+            save(run)  # the last good state, as last and step-N
+            raise Diverged(
+                f"training diverged at step {bad_step}: non-finite {what} after "
+                f"{run.rollbacks} rollbacks in a row (learning rates x{run.lr_factor:g}); "
+                f"checkpoints/last.safetensors holds the last good state, step {good_step}"
+            )
+        run.rollbacks += 1
+        run.failed_at = bad_step
+        run.lr_factor *= t.rollback_lr
+        line = (
+            f"step {bad_step}: non-finite {what}; rolled back to step {good_step} "
+            f"(rollback {run.rollbacks} of {t.max_rollbacks}), learning rates now "
+            f"x{run.lr_factor:g}, batches {good_step + 1}-{bad_step} skipped"
+        )
+        book.write(line)
+        book.event("rollback", line, bad_step)
+        book.scalars({"guard/rollbacks": run.rollbacks, "guard/lr_factor": run.lr_factor}, bad_step)
+        return False
+
+    def settle(self, run: Run, window: dict) -> None:
+        """Before a save outside the schedule (a stop): back to the good state if this one
+        is not."""
+        if self.check(run, window) is not None:
+            self.restore(run)
+
+
+def finite_flags(nets: dict[str, torch.nn.Module]) -> tuple[list[str], torch.Tensor]:
+    """The names of every floating weight and buffer ("G.net.0.weight") and, on the device,
+    whether each is all finite: no sync. (Min and max propagate NaN and show an Inf, and
+    aminmax runs ~80x faster than isfinite().all() on a CPU.)"""
+    named = [
+        (f"{k}.{n}", v)
+        for k, net in nets.items()
+        for n, v in net.state_dict().items()
+        if v.is_floating_point() and v.numel()
+    ]
+    extremes = torch.stack([torch.stack(torch.aminmax(v.reshape(-1))) for _, v in named])
+    return [n for n, _ in named], extremes.isfinite().all(1)
+
+
+def _params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in opt.param_groups for p in group["params"]]
+
+
+def _net_tensors(run: Run) -> list[torch.Tensor]:
+    return [v for net in run.nets.values() for v in net.state_dict(keep_vars=True).values()]
+
+
+def _live_state(run: Run) -> tuple[list[torch.Tensor], list]:
+    """Every tensor a rollback restores (the networks' state, then the optimisers'), and
+    its layout: a key per tensor, for the optimisers (name, parameter index, state key)."""
+    nets = _net_tensors(run)
+    layout, opt_tensors = [(tuple(t.shape), t.dtype) for t in nets], []
+    for name, opt in run.opts.items():
+        for i, p in enumerate(_params(opt)):
+            for key, value in opt.state.get(p, {}).items():
+                layout.append((name, i, key))
+                opt_tensors.append(value)
+    return nets + opt_tensors, layout
+
+
+def all_finite(nets: dict[str, torch.nn.Module]) -> bool:
+    return bool(finite_flags(nets)[1].all())
 
 
 class Grids:
-    """Rank 0 draws the fixed noise batch every sample_every steps."""
+    """Rank 0 draws the fixed noise batch every sample_every steps, and watches its
+    diversity (gankit.metrics.diversity): one warning line when it falls below
+    train.collapse_alarm x its peak, the sign of a generator collapsing to few modes."""
 
     def __init__(self, run: Run):
         self.every, self.last = run.cfg.train.sample_every, None
 
     def __call__(self, run: Run, out: dict, book: Logbook) -> None:
-        if not (run.dist.is_main and _due(run.step, self.every, run.cfg.train.steps)):
+        t = run.cfg.train
+        if not (run.dist.is_main and _due(run.step, self.every, t.steps)):
             return
         fakes = fixed_noise_images(run.family, run.nets, run.fixed_z, run.fixed_labels)
-        self.last = run.run_dir / "samples" / f"step-{run.step:08d}.png"
-        save_image(fakes, self.last, nrow=_nrow(fakes.shape[0]))
+        path = run.run_dir / "samples" / f"step-{run.step:08d}.png"
+        save_grid(fakes, path)
+        self.last = path
         book.images("samples/fixed_noise", fakes, run.step)
+        if fakes.shape[0] < 2:
+            return
+        value = diversity(fakes)
+        book.scalars({"samples/diversity": value}, run.step)
+        run.diversity_peak = max(run.diversity_peak, value)
+        low = t.collapse_alarm and value < t.collapse_alarm * run.diversity_peak
+        if low and not run.collapsed:
+            line = (
+                f"step {run.step}: warning: the fixed noise batch's diversity fell to "
+                f"{value:.3g}, below {t.collapse_alarm:g} x its peak {run.diversity_peak:.3g}: "
+                f"G may be collapsing to few modes (see {path})"
+            )
+            book.write(line)
+            book.event("collapse", line, run.step)
+        run.collapsed = bool(low)
+
+
+def save_grid(images: torch.Tensor, path: Path) -> None:
+    """A PNG grid of round(sqrt(N)) columns, written atomically."""
+    files.write_with(path, lambda tmp: save_image(images, tmp, nrow=_nrow(images.shape[0])))
 
 
 class Evaluation:
@@ -419,16 +667,25 @@ class Evaluation:
             append_jsonl(
                 run.run_dir / "metrics.jsonl", record | self.evaluator.info | {"metrics": results}
             )
-        value, best = results[self.key], run.best
-        if best is None or (
-            value < best["value"] if lower_is_better(self.key) else value > best["value"]
-        ):
+        value = results[self.key]
+        if better(value, run.best, self.key):
             run.best = {"metric": self.key, "value": value, "step": run.step}
             save_checkpoints(run, ["best.safetensors"])
         b = run.best
-        book.write(
-            f"step {run.step}: {self.key} {value:.4g} (best {b['value']:.4g} at step {b['step']})"
+        said = (
+            f" (best {b['value']:.4g} at step {b['step']})" if b else " (not a number: no best yet)"
         )
+        book.write(f"step {run.step}: {self.key} {value:.4g}{said}")
+
+
+def better(value: float, best: dict | None, key: str) -> bool:
+    """Whether `value` of metric `key` beats `best`; a NaN is never best, and anything
+    finite beats a NaN best (of a checkpoint of an older gankit)."""
+    if not math.isfinite(value):
+        return False
+    if best is None or not math.isfinite(best["value"]):
+        return True
+    return badness(key, value) < badness(key, best["value"])
 
 
 class Checkpoints:
@@ -473,27 +730,67 @@ def train(
     progress: bool = True,
     log=print,
     dist: Dist | None = None,
+    new_data: bool = False,
 ) -> Summary:
-    """Train `cfg` into `run_dir`; with `resume`, continue from its last checkpoint.
+    """Train `cfg` into `run_dir`; with `resume`, continue from its last checkpoint (on the
+    same training data, unless `new_data`).
 
     `dist`: the process group this rank belongs to (gankit.distributed.setup); None joins
     the one torchrun's variables describe, or none in a plain single process."""
     own_group = dist is None
     d = distributed.setup(cfg.train.device, cfg.train.dist_timeout) if own_group else dist
+    lock = files.RunLock(run_dir)  # rank 0 writes: it alone holds the folder
     try:
         return _train(
-            cfg, Path(run_dir), resume, progress, log if d.is_main else distributed.silent, d
+            cfg,
+            Path(run_dir),
+            resume,
+            progress,
+            log if d.is_main else distributed.silent,
+            d,
+            new_data,
+            lambda: distributed.agree(d, lambda: _take(lock, Path(run_dir))),
         )
     except RuntimeError as e:
         if distributed.is_collective_failure(d, e):
             raise distributed.lost_peer(d, e) from None
         raise
     finally:
+        lock.release()
         if own_group:
             distributed.teardown(d)
 
 
-def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, log, d: Dist) -> Summary:
+def _take(lock: files.RunLock, run_dir: Path) -> None:
+    """Lock the run folder, then clear what killed writers left in it."""
+    try:
+        lock.acquire()
+        for tmp in files.stale_temps(run_dir):
+            tmp.unlink(missing_ok=True)
+    except OSError as e:
+        raise write_error(e, "") from None
+
+
+# What a write that the disk or the folder refuses raises: said in one line, not a traceback.
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def write_error(e: OSError, saved: str) -> GankitError:
+    """A failed write as one line: what, where, why, and what is still safe."""
+    where = f" {e.filename}" if e.filename else ""
+    return GankitError(f"cannot write{where}: {e.strerror or e}{saved}")
+
+
+def _train(
+    cfg: Config,
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+    log,
+    d: Dist,
+    new_data: bool,
+    take_folder,
+) -> Summary:
     t = cfg.train
     if t.batch_size % d.world_size:
         raise GankitError(
@@ -508,33 +805,55 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, log, d: Dis
             f"processes: {d.world_size} ({backend} on {d.device.type}), "
             f"{t.batch_size // d.world_size} images per rank of the global batch {t.batch_size}"
         )
+    if resume:  # refused at once while another process trains in the folder
+        take_folder()
     run, evaluator, game = build_run(cfg, d, run_dir, log)
     if resume:
-        run.restore(last_checkpoint(run_dir))
+        run.restore(last_checkpoint(run_dir), new_data, log)
         log(f"resumed {run_dir} at step {run.step}")
+    else:  # only now, so that a refused config or dataset leaves no folder behind
+        take_folder()
     start = run.step
-    if d.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    if start >= t.steps:
-        log(f"run already at step {start} of {t.steps}: pass --steps N to train longer")
-        return Summary(run_dir, start, run.sampler.epochs_done, 0.0, 0.0)
-
-    book = Logbook(run, progress, resume)
-    if d.is_main:
-        (run_dir / "samples").mkdir(exist_ok=True)
-        if not resume:
+    book = None
+    try:
+        if d.is_main:
+            files.write_with(run_dir / "config.yaml", lambda tmp: save_config(cfg, tmp))
+        if start >= t.steps:
+            log(f"run already at step {start} of {t.steps}: pass --steps N to train longer")
+            return Summary(run_dir, start, run.sampler.epochs_done, 0.0, 0.0)
+        book = Logbook(run, progress, resume)
+        if d.is_main and not resume:
             real_grid = run.data.images[: t.n_fixed] * 0.5 + 0.5
-            save_image(real_grid, run_dir / "samples" / "real.png", nrow=_nrow(t.n_fixed))
+            save_grid(real_grid, run_dir / "samples" / "real.png")
             book.images("data/real", real_grid, 0)
-    scalars, grids = Scalars(run), Grids(run)
+        return _loop(run, evaluator, game, book, start, log)
+    except OSError as e:  # disk full, no permission: every write before this one stands
+        if e.errno not in WRITE_ERRORS:
+            raise
+        where = last_checkpoint(run_dir)
+        kept = f"; {where} is intact" if where.is_file() else ""
+        raise write_error(e, kept) from None
+    finally:
+        if book:
+            try:
+                book.close()
+            except OSError:  # TensorBoard's last flush on a full disk: the run's error says it
+                pass
+
+
+def _loop(run: Run, evaluator, game: GameSettings, book: Logbook, start: int, log) -> Summary:
+    cfg, d = run.cfg, run.dist
+    t = cfg.train
+    scalars, guard, grids = Scalars(run), Guard(run), Grids(run)
     parts = [scalars, grids]
     if evaluator:
         parts.append(Evaluation(run, evaluator))
     parts.append(Checkpoints(run))
     sync_buffers = d.enabled and not t.sync_bn
 
-    amp = autocast(d.device, t.amp)  # refuses bf16 on a GPU without it, before any step
+    # Forward passes and losses under autocast, backward and optimiser steps outside it;
+    # bf16 on a GPU without it is refused here, before any step.
+    game = replace(game, autocast=autocast(d.device, t.amp))
     for net in run.nets.values():
         net.train()
     vote = distributed.StopVote(d)
@@ -545,32 +864,30 @@ def _train(cfg: Config, run_dir: Path, resume: bool, progress: bool, log, d: Dis
             if stopped:
                 break
             batches = [run.draw() for _ in range(t.n_critic)]
-            if t.lr_decay:  # a function of the step alone, so a resumed run follows it exactly
-                scale = lr_scale(run.step, t.steps, t.lr_decay)
-                for name, opt in run.opts.items():
-                    for group in opt.param_groups:
-                        group["lr"] = run.lr[name] * scale
-            if t.instance_noise:  # annealed linearly to 0 over the run
-                game = replace(game, instance_noise=t.instance_noise * (1 - run.step / t.steps))
-            with amp:
-                out = run.family.step(
-                    run.nets, run.opts, batches, run.z_fn, game, train_g=run.step >= t.d_warmup
-                )
+            run.learning_rates()
+            if t.instance_noise:
+                game = replace(game, instance_noise=t.instance_noise * run.noise_ramp(run.step))
+            out = run.family.step(
+                run.nets, run.opts, batches, run.z_fn, game, train_g=run.step >= t.d_warmup
+            )
             if sync_buffers:
                 distributed.broadcast_buffers(d, run.nets)
             run.step += 1
             book.bar.update(1)
+            scalars.add(out)
+            if not guard(run, scalars, book):
+                continue  # rolled back: the parts see only good states
             for part in parts:
                 part(run, out, book)
         vote.close()
         if stopped:
+            guard.settle(run, scalars.window)
             save(run)
-            log(f"\nstopped at step {run.step}; resume with: gankit train --resume {run_dir}")
-    book.close()
+            log(f"\nstopped at step {run.step}; resume with: gankit train --resume {run.run_dir}")
     seconds = time.perf_counter() - t0
     done = run.step - start
     return Summary(
-        run_dir,
+        run.run_dir,
         run.step,
         run.sampler.epochs_done,
         seconds,

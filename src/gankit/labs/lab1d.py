@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from gankit.errors import GankitError
-from gankit.game import lr_scale
 from gankit.labs.players import Discriminator, Generator, sample_z
 from gankit.losses import GAN_LOSSES
+from gankit.schedule import lr_ramp
 from gankit.toy import GaussianMixture1D, optimal_discriminator
 
 
@@ -126,10 +126,7 @@ def run_lab1d(cfg: Lab1DConfig, run_dir: Path) -> dict:
     opts = [torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(0.5, 0.999))]
     if not cfg.freeze_g:
         opts.append(torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(0.5, 0.999)))
-    scheds = [
-        torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_scale(s, cfg.steps, cfg.decay))
-        for o in opts
-    ]
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lr_ramp(cfg.steps, cfg.decay)) for o in opts]
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     eval_gen = torch.Generator().manual_seed(10_000 + cfg.seed)
     z_eval = sample_z(10_000, 1, cfg.z, eval_gen)  # (10000, 1)

@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 
 from gankit.errors import GankitError
-from gankit.game import add_ema, lr_scale
+from gankit.game import add_ema
 from gankit.labs.players import Discriminator, Generator
 from gankit.labs.remedies import BEST, REMEDIES, fit_optimal_d, game_step, rejection_sample
 from gankit.metrics.mixture import DEFAULT_SAMPLES, mixture_metrics
+from gankit.schedule import lr_ramp
 from gankit.toy import MIXTURES
 
 
@@ -181,8 +182,7 @@ def run_lab2d(cfg: Lab2DConfig, run_dir: Path) -> dict:
         sampler = G_ema.module
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # data and latents, separate from init
     scheds = [
-        torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_scale(s, cfg.steps, cfg.decay))
-        for o in (opt_g, opt_d)
+        torch.optim.lr_scheduler.LambdaLR(o, lr_ramp(cfg.steps, cfg.decay)) for o in (opt_g, opt_d)
     ]
     real_fn = lambda n: target.sample(n, gen)  # noqa: E731
     z_fn = lambda n: torch.randn(n, cfg.nz, generator=gen)  # noqa: E731

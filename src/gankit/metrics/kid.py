@@ -41,8 +41,9 @@ def kid(
     default caps the size at half of each set so that subsets differ and their
     spread means something (with subsets as large as the set, every estimate
     is the same). The second number is the standard deviation of the subset
-    estimates, as torch-fidelity reports it: because subsets overlap it is not
-    a standard error of the mean (std / sqrt(n_subsets) would be too optimistic).
+    estimates as torch-fidelity reports it (np.std: divided by n_subsets, not
+    n_subsets - 1): because subsets overlap it is not a standard error of the mean
+    (std / sqrt(n_subsets) would be too optimistic).
     """
     x = fake.detach().to("cpu", torch.float64)
     y = real.detach().to("cpu", torch.float64)
@@ -56,5 +57,5 @@ def kid(
         iy = torch.randperm(y.shape[0], generator=gen)[:m]
         estimates.append(mmd2_unbiased(x[ix], y[iy]))
     mean = sum(estimates) / len(estimates)
-    var = sum((e - mean) ** 2 for e in estimates) / max(len(estimates) - 1, 1)
+    var = sum((e - mean) ** 2 for e in estimates) / len(estimates)  # ddof 0, as np.std
     return mean, math.sqrt(var)

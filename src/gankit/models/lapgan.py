@@ -249,7 +249,8 @@ def generate(nets: dict[str, nn.Module], z: Tensor, labels: Tensor | None = None
 
 
 def step(nets, opts, batches, z_fn, game, train_g: bool = True) -> dict[str, Tensor]:
-    """One adversarial step per level, each on real pyramids (the levels train independently)."""
+    """One adversarial step per level, each on real pyramids (the levels train independently).
+    The pyramids are built in float32; each level's forwards run under game.autocast()."""
     levels = _levels(nets)
     nz = nets["G1"].noise.in_features
     pyramids = [(gaussian_pyramid(real, levels), labels) for real, labels in batches]

@@ -361,8 +361,10 @@ def step(nets, opts, batches, z_fn, game, train_g: bool = True) -> dict[str, Ten
     out = {}
     if "D" not in nets or _g_updates(opt_g) < G.pretrain_steps:
         for hr, _ in batches:
-            sr = G(downscale(hr, G.scale))
-            loss = G.pixel_loss(sr, hr)
+            lr = downscale(hr, G.scale)
+            with game.autocast():  # forwards and losses; backward and steps outside
+                sr = G(lr)
+                loss = G.pixel_loss(sr, hr)
             opt_g.zero_grad(set_to_none=True)
             loss.backward()
             opt_g.step()
@@ -370,10 +372,12 @@ def step(nets, opts, batches, z_fn, game, train_g: bool = True) -> dict[str, Ten
         return {"loss/pixel": loss.detach(), "psnr/train": _psnr(mse)}
     D, opt_d, loss = nets["D"], opts["D"], GAN_LOSSES[game.loss]
     for i, (hr, _) in enumerate(batches):
-        with torch.set_grad_enabled(i == len(batches) - 1 and train_g):
-            sr = G(downscale(hr, G.scale))
-        real_logits, fake_logits = D(hr), D(sr.detach())  # separate batches: D has BatchNorm
-        d_loss = loss.d(real_logits, fake_logits, game.real_target)
+        lr = downscale(hr, G.scale)
+        with game.autocast():
+            with torch.set_grad_enabled(i == len(batches) - 1 and train_g):
+                sr = G(lr)
+            real_logits, fake_logits = D(hr), D(sr.detach())  # separate batches: D has BatchNorm
+            d_loss = loss.d(real_logits, fake_logits, game.real_target)
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
@@ -384,10 +388,11 @@ def step(nets, opts, batches, z_fn, game, train_g: bool = True) -> dict[str, Ten
     if train_g:
         D.requires_grad_(False)
         net = game.content_net
-        content = F.mse_loss(net(sr), net(hr)) if net is not None else G.pixel_loss(sr, hr)
-        adversarial = loss.g(D(sr))
+        with game.autocast():
+            content = F.mse_loss(net(sr), net(hr)) if net is not None else G.pixel_loss(sr, hr)
+            adversarial = loss.g(D(sr))
+            g_loss = content + G.adv_weight * adversarial
         D.requires_grad_(True)
-        g_loss = content + G.adv_weight * adversarial
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()

@@ -19,6 +19,7 @@ importance-weighted estimate of -log p(x) (Burda et al. 2016).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from itertools import pairwise
@@ -169,10 +170,13 @@ def elbo_terms(nets, x: Tensor, beta: float = 1.0) -> tuple[Tensor, Tensor, Tens
 
 
 def step(nets, opts, batches, z_fn, game=None, train_g: bool = True) -> dict[str, Tensor]:
-    """One Adam step on -ELBO per batch (E and G together). The GAN settings do not apply."""
+    """One Adam step on -ELBO per batch (E and G together). Of the GAN settings only
+    `autocast` applies: it wraps the forward pass and the loss, not the backward pass."""
     beta = nets["G"].beta
+    autocast = game.autocast if game is not None else contextlib.nullcontext
     for real, _labels in batches:
-        loss, recon, kl = elbo_terms(nets, real, beta)
+        with autocast():
+            loss, recon, kl = elbo_terms(nets, real, beta)
         for opt in opts.values():
             opt.zero_grad(set_to_none=True)
         loss.backward()
