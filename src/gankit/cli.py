@@ -9,7 +9,6 @@ each Python warning is one line `gankit: warning: ...`.
 from __future__ import annotations
 
 import argparse
-import errno
 import math
 import sys
 import time
@@ -367,9 +366,7 @@ def _int_option(text: str, flag: str, minimum: int) -> int:
         value = int(text)
     except ValueError:
         raise GankitError(f"{flag} takes a whole number, got {text!r}") from None
-    if value < minimum:
-        raise GankitError(f"{flag} must be >= {minimum}, got {value}")
-    return value
+    return _at_least(value, flag, minimum)
 
 
 def train_here(args, cfg, d, run_dir: Path | None) -> int:
@@ -878,19 +875,16 @@ def run_command(argv: list[str]) -> int:
     return cmd_list()
 
 
-WRITE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG}
-
-
 def describe_unexpected(e: Exception) -> str:
     """One line for an exception no check turned into a GankitError.
 
     Exit code 2 like every refusal, not 1: most of these are still bad input that no
     check foresaw (a file that breaks a library in a new way), and a script that runs
     gankit only needs to know the command failed and that stderr says why in one line."""
+    from gankit import files  # stdlib only: cheap even on the error path
+
     if isinstance(e, OSError) and e.strerror:
-        path = _final_name(str(e.filename)) if e.filename is not None else "a file"
-        verb = "write" if e.errno in WRITE_ERRORS else "access"
-        return f"cannot {verb} {path}: {e.strerror}"
+        return files.describe(e, "write" if e.errno in files.DISK_REFUSALS else "access")
     if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
         return (
             f"out of memory ({type(e).__name__}): try a smaller --batch-size, --n or model "
@@ -901,15 +895,6 @@ def describe_unexpected(e: Exception) -> str:
         f"unexpected {type(e).__name__}{': ' + first if first else ''} "
         f"(run with GANKIT_DEBUG=1 for the traceback)"
     )
-
-
-def _final_name(path: str) -> str:
-    """The file a write was meant for: gankit writes NAME through a temporary .NAME.tmp-PID."""
-    p = Path(path)
-    name, dot, _ = p.name.partition(".tmp-")
-    if dot and name.startswith("."):
-        return str(p.with_name(name[1:]))
-    return path
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

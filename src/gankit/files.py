@@ -13,6 +13,7 @@ a lock left by a dead process is never in the way. The file names the holder.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -32,6 +33,26 @@ LOCK_NAME = ".lock"
 def temp_path(path: Path) -> Path:
     """Where `path` is written before it is renamed into place."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
+
+
+# What a write raises when the disk or the file system refuses it (not the folder's rights).
+DISK_REFUSALS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def final_name(path: str | Path) -> str:
+    """The file a write was meant for: `temp_path` writes NAME through .NAME.tmp-PID."""
+    p = Path(path)
+    name, dot, _ = p.name.partition(".tmp-")
+    if dot and name.startswith("."):
+        return str(p.with_name(name[1:]))
+    return str(path)
+
+
+def describe(e: OSError, verb: str) -> str:
+    """A failed file operation in one line: `cannot VERB PATH: reason`, PATH being the file
+    meant, not its temporary stand-in."""
+    where = final_name(e.filename) if e.filename is not None else "a file"
+    return f"cannot {verb} {where}: {e.strerror or e}"
 
 
 def write_bytes(path: Path, data: bytes) -> None:

@@ -772,13 +772,12 @@ def _take(lock: files.RunLock, run_dir: Path) -> None:
 
 
 # What a write that the disk or the folder refuses raises: said in one line, not a traceback.
-WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+WRITE_ERRORS = files.DISK_REFUSALS | {errno.EACCES, errno.EPERM}
 
 
 def write_error(e: OSError, saved: str) -> GankitError:
     """A failed write as one line: what, where, why, and what is still safe."""
-    where = f" {e.filename}" if e.filename else ""
-    return GankitError(f"cannot write{where}: {e.strerror or e}{saved}")
+    return GankitError(files.describe(e, "write") + saved)
 
 
 def _train(
