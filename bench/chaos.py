@@ -58,7 +58,7 @@ def main() -> int:
     args = ap.parse_args()
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    options = ["--config", "configs/mlp-mnist.yaml", "--steps", str(args.steps)]
+    options = ["--config", "mlp-mnist", "--steps", str(args.steps)]
     options += ["--ckpt-every", str(args.ckpt_every), "--keep", "2", "--seed", str(args.seed)]
     options += ["--sample-every", "25", "--log-every", "10", "--device", "cpu", "--no-progress"]
     rng = random.Random(args.seed)

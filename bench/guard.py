@@ -48,9 +48,7 @@ def main() -> None:
     print(f"{'preset':<14} {'guard img/s':>12} {'no guard':>10} {'cost':>7}")
     for preset in args.presets.split(","):
         # The preset's own log, grid and checkpoint intervals: what a user's run pays.
-        cfg = load_config(
-            f"configs/{preset}.yaml", {"steps": str(args.steps), "device": args.device}
-        )
+        cfg = load_config(preset, {"steps": str(args.steps), "device": args.device})
         best = {True: 0.0, False: 0.0}
         with tempfile.TemporaryDirectory() as tmp:
             for r in range(args.repeats):

@@ -1,6 +1,6 @@
 """Training images/s of the MLP and DCGAN presets on one process and on several.
 
-Each setting runs the real command, `gankit train --config configs/X.yaml --steps N
+Each setting runs the real command, `gankit train --config X --steps N
 [--nproc 2]`, and reads the images/s it prints (the whole loop: logging, grids and the
 final checkpoint included; start-up excluded):
 
@@ -23,11 +23,8 @@ import re
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def images_per_s(preset: str, steps: int, threads: int, extra: list[str], runs: str) -> float:
@@ -37,7 +34,7 @@ def images_per_s(preset: str, steps: int, threads: int, extra: list[str], runs: 
         "gankit",
         "train",
         "--config",
-        str(ROOT / "configs" / f"{preset}.yaml"),
+        preset,
     ]
     cmd += ["--steps", str(steps), "--runs-dir", runs, "--no-progress", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}

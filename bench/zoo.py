@@ -1,6 +1,6 @@
 """The model zoo: train every MNIST preset for its preset length, then score it.
 
-Each `configs/*-mnist.yaml` is trained on the bundled digits exactly as
+Each `*-mnist` preset is trained on the bundled digits exactly as
 `gankit train --config` would (same code path, one run after the other so that
 timings are not shared), then 10,000 samples (1,000 per class for conditional
 presets) are scored by `gankit eval`'s metrics against the 1,000 held-out digits.
@@ -24,20 +24,18 @@ from pathlib import Path
 
 import torch
 
-from gankit.config import load_config
+from gankit.config import load_config, preset_names
 from gankit.data import to_unit_range
 from gankit.evaluate import Evaluator
 from gankit.models import MODELS, is_adversarial
 from gankit.sample import Sampler
 from gankit.train import train
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
-
-def run_preset(path: Path, runs_dir: Path, steps: int | None, n: int) -> dict:
+def run_preset(name: str, runs_dir: Path, steps: int | None, n: int) -> dict:
     overrides = {"steps": str(steps)} if steps else {}
-    cfg = load_config(path, overrides | {"device": "cpu"})
-    run_dir = runs_dir / path.stem
+    cfg = load_config(name, overrides | {"device": "cpu"})
+    run_dir = runs_dir / name
     if run_dir.exists():
         raise SystemExit(f"zoo: {run_dir} exists; pick another --runs-dir")
     t0 = time.perf_counter()
@@ -50,7 +48,7 @@ def run_preset(path: Path, runs_dir: Path, steps: int | None, n: int) -> dict:
     evaluator = Evaluator(d.dataset, d.root, d.img_size, d.channels, log=lambda *a: None)
     metrics = evaluator.score(fake, seed=0, labels=labels)
     return {
-        "preset": path.stem,
+        "preset": name,
         "family": cfg.model.family,
         "loss": cfg.train.loss if is_adversarial(MODELS[cfg.model.family]) else "-ELBO",
         "steps": summary.step,
@@ -92,19 +90,17 @@ def main() -> int:
     p.add_argument("--log", help="also append each preset's results to this JSON-lines file")
     args = p.parse_args()
     names = args.presets.split(",") if args.presets else None
-    paths = sorted(CONFIGS.glob("*-mnist.yaml"))
-    if names:
-        paths = [CONFIGS / f"{name}.yaml" for name in names]
-        missing = [q.stem for q in paths if not q.is_file()]
-        if missing:
-            print(f"zoo: no preset {missing[0]} in {CONFIGS}", file=sys.stderr)
-            return 2
-    print(f"{len(paths)} presets, {torch.get_num_threads()} threads, scoring {args.n} samples each")
+    names = names or [name for name in preset_names() if name.endswith("-mnist")]
+    missing = [name for name in names if name not in preset_names()]
+    if missing:
+        print(f"zoo: no preset {missing[0]}; presets: {', '.join(preset_names())}", file=sys.stderr)
+        return 2
+    print(f"{len(names)} presets, {torch.get_num_threads()} threads, scoring {args.n} samples each")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = Path(args.runs_dir or tmp)
-        for path in paths:
-            row = run_preset(path, runs_dir, args.steps, args.n)
+        for name in names:
+            row = run_preset(name, runs_dir, args.steps, args.n)
             rows.append(row)
             print(json.dumps(row), flush=True)
             if args.log:

@@ -230,6 +230,11 @@ CONFIG_CASES = {
     "tuple-of-words": (train("--g-widths", "8,x"), "expected comma-separated ints"),
     "tuple-zero-width": (train("--g-widths", "0"), "layer widths must be >= 1"),
     "unknown-option": (train("--bogus", "1"), "unknown option --bogus"),
+    "unknown-preset": (
+        train("--config", "dcgan-mnsit"),
+        "config 'dcgan-mnsit' is neither a file nor a preset; presets: acgan-mnist, cgan-mnist",
+    ),
+    "preset-path-elsewhere": (train("--config", "elsewhere/mlp-mnist.yaml"), "neither a file"),
     "resume-and-config": (
         lambda tmp: ["train", "--resume", tmp, "--config", "x.yaml"],
         "drop --config",
@@ -550,6 +555,10 @@ CHECKPOINT_CASES = {
     "missing-tensor": (mutated(drop_tensor("G.")), "lacks G."),
     "step-is-text": (mutated(meta_change(step="ten")), "'step' must be a whole number"),
     "version-is-text": (mutated(meta_change(version="1")), "format version '1'"),
+    "version-newer": (
+        mutated(meta_change(version=99, written_by={"gankit": "9.0"})),
+        "format version 99 (written by gankit 9.0); gankit 0",
+    ),
     "img-shape-is-text": (mutated(meta_change(img_shape="28x28")), "'img_shape' must be"),
     "no-config": (mutated(meta_change(config=None)), "no model config"),
     "classes-not-names": (mutated(meta_change(classes=5)), "'classes' must be a list"),

@@ -20,7 +20,7 @@ def test_throughput_counts_the_flops_of_a_step():
 
 def test_zoo_trains_scores_and_tabulates_a_shortened_preset(tmp_path):
     zoo = load("zoo")
-    row = zoo.run_preset(zoo.CONFIGS / "cgan-mnist.yaml", tmp_path, steps=3, n=200)
+    row = zoo.run_preset("cgan-mnist", tmp_path, steps=3, n=200)
     assert row["steps"] == 3 and "label_accuracy_min" in row["metrics"]
     table = zoo.table([row])
     assert "cgan-mnist" in table and table.count("\n") == 2

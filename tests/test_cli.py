@@ -1,4 +1,5 @@
 import contextlib
+import importlib.metadata
 import io
 import json
 import os
@@ -11,6 +12,7 @@ import pytest
 
 from conftest import one_line_error
 from gankit.cli import main
+from gankit.config import PRESETS, load_config
 
 TINY = ["--g-widths", "32,64", "--d-widths", "64,32", "--device", "cpu", "--no-progress"]
 
@@ -92,7 +94,7 @@ def test_dry_run_prints_resolved_config(capsys):
         (["train", "--lr-d", "abc"], "train.lr_d"),
         (["train", "--steps"], "expected one argument"),
         (["train", "--lr-d"], "needs a value"),
-        (["train", "--config", "/nonexistent.yaml"], "does not exist"),
+        (["train", "--config", "/nonexistent.yaml"], "neither a file nor a preset"),
         (["train", "--resume", "/nonexistent/run"], "does not exist"),
         (["train", "--data.dataset", "cifar10", "--data.root", "/nonexistent"], "never downloads"),
         (
@@ -280,11 +282,30 @@ def test_slerp_stays_on_the_shell_and_hits_both_ends():
     torch.testing.assert_close(norms, z0.norm(dim=1, keepdim=True).expand(4, 7))
 
 
-def test_list_names_the_families_losses_and_presets(capsys):
+def test_list_names_the_families_losses_and_presets(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the presets come from the package, not the working folder
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for word in ("dcgan", "lapgan", "vae", "hinge", "wgan-gp", "projection", "dcgan-mnist.yaml"):
+    for word in ("dcgan", "lapgan", "vae", "hinge", "wgan-gp", "projection", "  dcgan-mnist "):
         assert word in out
+
+
+def test_a_preset_by_name_is_its_file_and_its_dry_run_loads_back(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", "dcgan-mnist", "--dry-run"]) == 0
+    (tmp_path / "mine.yaml").write_text(capsys.readouterr().out)
+    preset = load_config(PRESETS / "dcgan-mnist.yaml")
+    assert load_config("dcgan-mnist") == preset == load_config(tmp_path / "mine.yaml")
+    assert preset.model.family == "dcgan" and preset != load_config("mlp-mnist")
+    (tmp_path / "dcgan-mnist.yaml").write_text("model:\n  family: mlp\n")
+    assert load_config("dcgan-mnist.yaml").model.family == "mlp"  # a file comes first
+
+
+def test_version_is_the_installed_package_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"gankit {importlib.metadata.version('gankit')}"
 
 
 @pytest.mark.parametrize("module", ["gankit.game", "gankit.labs.lab2d"])

@@ -1,9 +1,7 @@
-from pathlib import Path
-
 import pytest
 import torch
 
-from gankit.config import Config, from_dict, load_config, save_config
+from gankit.config import PRESETS, Config, from_dict, load_config, preset_names, save_config
 from gankit.errors import GankitError
 from gankit.models import MODELS, is_conditional
 
@@ -81,11 +79,9 @@ def test_bad_yaml_files_are_refused(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize(
-    "path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name
-)
-def test_every_preset_is_a_valid_config_that_builds(path):
-    cfg = load_config(path)
+@pytest.mark.parametrize("name", preset_names())
+def test_every_preset_is_a_valid_config_that_builds(name):
+    cfg = load_config(name)
     assert from_dict(cfg.to_dict()) == cfg
     shape = (3, 32, 32) if cfg.data.dataset == "cifar10" else (1, 28, 28)
     family = MODELS[cfg.model.family]
@@ -98,17 +94,17 @@ def test_every_preset_is_a_valid_config_that_builds(path):
     z = family.noise(cfg.model, 2, torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1]) if is_conditional(cfg.model) else None
     assert family.generate(nets, z, labels).shape == (2, *shape)
-    first = path.read_text().splitlines()[0]
+    first = (PRESETS / f"{name}.yaml").read_text().splitlines()[0]
     assert first.startswith("# ") and len(first) > 20  # `gankit list` shows it
 
 
 def test_the_mnist_presets_cover_the_issue():
-    names = {p.stem for p in (Path(__file__).parents[1] / "configs").glob("*.yaml")}
+    names = set(preset_names())
     assert {"mlp-mnist", "dcgan-mnist", "cgan-mnist", "acgan-mnist", "wgan-gp-mnist"} <= names
     assert {"lsgan-mnist", "hinge-sn-mnist", "dcgan-cifar10"} <= names
     assert {"lapgan-mnist", "vae-mnist", "srresnet-x4", "srgan-x4"} <= names
 
 
 def test_default_preset_is_the_default_config():
-    preset = load_config(Path(__file__).parents[1] / "configs" / "mlp-mnist.yaml")
+    preset = load_config("mlp-mnist")
     assert preset == Config()  # `make train` and a bare `gankit train` train the same model

@@ -6,6 +6,7 @@ torchrun itself, as a user would."""
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import quiet
+from conftest import one_line_error, quiet
 from gankit import checkpoint as ckpt
 from gankit.config import load_config
 from gankit.train import last_checkpoint, train
@@ -117,12 +118,20 @@ def test_rank_zero_alone_writes(runs):
     assert sorted(x.name for x in root.iterdir()) == ["one", "two"]  # no folder of rank 1
 
 
+def cut_back(run: Path, to: Path, step: int) -> None:
+    """A copy of `run` as it stood at `step`: its step checkpoint as last, none after it."""
+    shutil.copytree(run, to)
+    for path in (to / "checkpoints").glob("step-*.safetensors"):
+        if int(path.stem.split("-")[1]) > step:
+            path.unlink()
+    shutil.copy(to / "checkpoints" / f"step-{step:08d}.safetensors", last_checkpoint(to))
+
+
 def test_resume_keeps_the_stream_at_any_world_size(runs, tmp_path):
     root, _ = runs
-    cfg = DCGAN | {"steps": "10"}
-    p = gankit("train", "--nproc", "2", *flags(cfg), "--runs-dir", str(tmp_path), "--name", "a")
-    assert p.returncode == 0, p.stderr
-    subprocess.run(["cp", "-r", str(tmp_path / "a"), str(tmp_path / "b")], check=True)
+    for name in ("a", "b"):  # the 2-process run as a --steps 10 run would have left it
+        cut_back(root / "two", tmp_path / name, 10)
+    assert ckpt.read_meta(last_checkpoint(tmp_path / "a"))["step"] == 10
     # At the same world size, resume is bit-identical to the uninterrupted run.
     p = gankit("train", "--nproc", "2", "--resume", str(tmp_path / "a"), "--steps", "20")
     assert p.returncode == 0, p.stderr
@@ -164,12 +173,14 @@ def test_evaluation_gathers_the_ranks_shares(tmp_path):
     script = tmp_path / "eval.py"
     script.write_text(SCRIPT)
     scores = {}
-    for n in (1, 2):
-        out = tmp_path / f"eval{n}.json"
-        p = torchrun("--standalone", "--nproc-per-node", str(n), str(script), str(out))
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
-        scores[n] = json.loads(out.read_text())
+    out = tmp_path / "eval2.json"
+    p = torchrun("--standalone", "--nproc-per-node", "2", str(script), str(out))
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    scores[2] = json.loads(out.read_text())
+    out = tmp_path / "eval1.json"  # one process: no torchrun variables, no group
+    subprocess.run([sys.executable, str(script), str(out)], env=ENV, check=True, timeout=120)
+    scores[1] = json.loads(out.read_text())
     assert scores[1].keys() == scores[2].keys()
     fd = [k for k in scores[1] if k.startswith("fd_")][0]
     assert abs(scores[2][fd] - scores[1][fd]) <= 1e-6 * abs(scores[1][fd])
@@ -178,7 +189,7 @@ def test_evaluation_gathers_the_ranks_shares(tmp_path):
 
 
 DRIFT = """
-import sys, torch
+import json, sys, torch
 from gankit import distributed
 from gankit.errors import GankitError
 from gankit.models import MODELS
@@ -187,32 +198,30 @@ from gankit.config import load_config
 d = distributed.setup("cpu", 60)
 torch.manual_seed(0)
 nets = MODELS["mlp"].build(load_config().model, (1, 28, 28))
-distributed.check_consistency(d, nets)  # identical replicas pass
-if sys.argv[1] == "drift" and d.rank == 1:
-    with torch.no_grad():
-        nets["D"].head.linear.bias.add_(1e-3)
-try:
-    distributed.check_consistency(d, nets)
-    said = "consistent"
-except GankitError as e:
-    said = f"refused: {e}"
-open(f"{sys.argv[2]}/rank{d.rank}.txt", "w").write(said)
+said = {}
+for case in ("same", "drift"):
+    if case == "drift" and d.rank == 1:
+        with torch.no_grad():
+            nets["D"].head.linear.bias.add_(1e-3)
+    try:
+        distributed.check_consistency(d, nets)
+        said[case] = "consistent"
+    except GankitError as e:
+        said[case] = f"refused: {e}"
+open(f"{sys.argv[1]}/rank{d.rank}.json", "w").write(json.dumps(said))
 """
 
 
-@pytest.mark.parametrize("case", ["same", "drift"])
-def test_consistency_check_catches_a_drifting_rank(case, tmp_path):
+def test_consistency_check_catches_a_drifting_rank(tmp_path):
     script = tmp_path / "drift.py"
     script.write_text(DRIFT)
-    p = torchrun("--standalone", "--nproc-per-node", "2", str(script), case, str(tmp_path))
+    p = torchrun("--standalone", "--nproc-per-node", "2", str(script), str(tmp_path))
     _, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
-    lines = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
-    if case == "same":
-        assert lines == ["consistent", "consistent"]
-    else:
-        assert len(lines) == 2 and all(x.startswith("refused: rank 1 holds") for x in lines)
-        assert any("D.head.linear.bias (max |diff| 0.001)" in x for x in lines), lines
+    said = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [x["same"] for x in said] == ["consistent", "consistent"]
+    assert all(x["drift"].startswith("refused: rank 1 holds") for x in said), said
+    assert any("D.head.linear.bias (max |diff| 0.001)" in x["drift"] for x in said), said
 
 
 def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 60) -> None:
@@ -276,7 +285,7 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_one_step(tmp_path):
     step = ckpt.read_meta(last_checkpoint(tmp_path / "run"))["step"]
     assert f"stopped at step {step};" in out
     assert (tmp_path / "run" / "checkpoints" / f"step-{step:08d}.safetensors").is_file()
-    r = gankit("train", "--nproc", "2", "--resume", str(tmp_path / "run"), "--steps", str(step + 2))
+    r = gankit("train", "--resume", str(tmp_path / "run"), "--steps", str(step + 2))  # 1 process
     assert r.returncode == 0, r.stderr
     assert ckpt.read_meta(last_checkpoint(tmp_path / "run"))["step"] == step + 2
 
@@ -353,24 +362,50 @@ FAMILIES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("name", FAMILIES)
-def test_every_family_trains_on_two_processes(name, tmp_path):
-    cfg = FAMILIES[name] | {"steps": "4", "log_every": "2", "ckpt_every": "2", "eval_every": "0"}
-    p = gankit("train", "--nproc", "2", *flags(cfg), "--runs-dir", str(tmp_path), "--name", "r")
-    assert p.returncode == 0, p.stderr
-    meta = ckpt.read_meta(last_checkpoint(tmp_path / "r"))
-    assert meta["step"] == 4 and meta["world_size"] == 2
+FAMILY_RUNS = """
+import json, sys
+from pathlib import Path
+from gankit import distributed
+from gankit.config import load_config
+from gankit.train import train
+
+families, out = json.loads(sys.argv[1]), Path(sys.argv[2])
+d = distributed.setup("cpu", 60)
+for name, options in families.items():  # one process group, a run per family
+    train(load_config(None, options), out / name, progress=False, log=lambda *a: None, dist=d)
+distributed.teardown(d)
+"""
 
 
-def test_bad_launches_are_one_line(tmp_path):
+def test_every_family_trains_on_two_processes(tmp_path):
+    runs = {
+        name: cfg | {"steps": "4", "log_every": "2", "ckpt_every": "2", "eval_every": "0"}
+        for name, cfg in FAMILIES.items()
+    }
+    script = tmp_path / "families.py"
+    script.write_text(FAMILY_RUNS)
+    p = torchrun(
+        "--standalone", "--nproc-per-node", "2", str(script), json.dumps(runs), str(tmp_path)
+    )
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    for name in FAMILIES:
+        meta = ckpt.read_meta(last_checkpoint(tmp_path / name))
+        assert (meta["step"], meta["world_size"]) == (4, 2), name
+
+
+def test_bad_launches_are_one_line(tmp_path, capsys):
     def one_line(p, expect):
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 2 and len(lines) == 1, p.stderr
         assert lines[0].startswith("gankit: error:") and expect in lines[0], lines
 
-    one_line(gankit("train", "--nproc", "0"), "--nproc must be >= 1")
-    one_line(gankit("train", "--nproc", "two"), "--nproc takes a whole number")
-    one_line(gankit("train", "--nproc", "3", "--batch-size", "32"), "does not divide by --nproc 3")
+    # refused before anything is launched
+    one_line_error(capsys, ["train", "--nproc", "0"], "--nproc must be >= 1")
+    one_line_error(capsys, ["train", "--nproc", "two"], "--nproc takes a whole number")
+    one_line_error(
+        capsys, ["train", "--nproc", "3", "--batch-size", "32"], "does not divide by --nproc 3"
+    )
     with socket.socket() as s:  # a port in use
         s.bind(("127.0.0.1", 0))
         s.listen()

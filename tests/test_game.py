@@ -14,7 +14,13 @@ from gankit import checkpoint as ckpt
 from gankit.augment import diff_augment, parse_policy
 from gankit.config import load_config
 from gankit.game import GameSettings, add_ema, adversarial_step, make_optimizers, sampling_nets
-from gankit.losses import GAN_LOSSES, gradient_penalty, r1_penalty
+from gankit.losses import (
+    GAN_LOSSES,
+    gradient_penalty,
+    r1_penalty,
+    r2_penalty,
+    zero_centred_penalties,
+)
 from gankit.models import MODELS, is_adversarial, is_conditional, srgan
 from gankit.sample import Sampler
 from gankit.train import train
@@ -25,11 +31,13 @@ TINY_MODEL = {
     "dcgan": {"ngf": 8, "ndf": 8},
     "lapgan": {"coarse_widths": "16,32", "ngf": 8, "ndf": 8, "nz": 8},
     "vae": {"widths": "32,16"},
+    "r3gan": {"ngf": 8, "ndf": 8, "nz": 8},
 }
 # The image GANs that draw from noise (SRGAN upscales images: tests/test_srgan.py).
 GANS = [f for f in MODELS if is_adversarial(MODELS[f]) and not hasattr(MODELS[f], "upscale")]
 CONDS = {"mlp": ("concat", "projection", "acgan"), "dcgan": ("concat", "projection", "acgan")}
 CONDS["lapgan"] = ("concat",)
+CONDS["r3gan"] = ("concat", "projection", "acgan")
 
 
 def model_cfg(family: str, **overrides):
@@ -103,6 +111,7 @@ def test_one_step_moves_both_players_with_finite_scalars(family, loss, cond):
 
 REGULARISERS = [
     {"train.r1": 10.0, "model.d_norm": "layer"},
+    {"train.r1": 1.0, "train.r2": 1.0, "loss": "rpgan", "model.d_norm": "none"},
     {"model.spectral_norm": True, "loss": "hinge", "model.d_norm": "none"},
     {"train.augment": "color,translation,cutout"},
     {"train.augment": "translation", "loss": "wgan-gp", "model.d_norm": "layer"},
@@ -113,10 +122,11 @@ REGULARISERS = [
 ]
 
 
-NOT_LAPGAN = {"model.spectral_norm", "train.ema", "train.augment"}  # refused by its check
-REG_CASES = [
-    (f, reg) for f in GANS for reg in REGULARISERS if not (f == "lapgan" and NOT_LAPGAN & set(reg))
-]
+NOT_FOR = {  # refused by LAPGAN's check; R3GAN's D has no spectral norm by design
+    "lapgan": {"model.spectral_norm", "train.ema", "train.augment"},
+    "r3gan": {"model.spectral_norm"},
+}
+REG_CASES = [(f, reg) for f in GANS for reg in REGULARISERS if not NOT_FOR.get(f, set()) & set(reg)]
 
 
 @pytest.mark.parametrize(
@@ -131,6 +141,7 @@ def test_regularisers_train_every_family(family, reg):
         loss=t.loss,
         real_target=1 - t.label_smoothing,
         r1=t.r1,
+        r2=t.r2,
         augment=parse_policy(t.augment),
         instance_noise=t.instance_noise,
     )
@@ -141,6 +152,8 @@ def test_regularisers_train_every_family(family, reg):
     assert all(math.isfinite(float(v)) for v in out.values())
     if t.r1:
         assert float(out["loss/r1"]) > 0
+    if t.r2:
+        assert float(out["loss/r2"]) > 0
     if t.ema:  # the average starts at G's first update, then lags behind G
         g1 = params(nets["G"])
         assert not moved(g1, nets["G_ema"].module)
@@ -153,6 +166,7 @@ EXTRAS = {
     "dcgan": {"cond": "acgan", "ema": 0.9, "spectral_norm": True, "d_norm": "none"},
     "lapgan": {"cond": "concat"},
     "vae": {"arch": "conv", "likelihood": "gaussian", "ema": 0.9},
+    "r3gan": {"cond": "projection", "ema": 0.9},
 }
 
 
@@ -220,6 +234,52 @@ def test_r1_penalty_is_the_squared_gradient_norm():
     x = torch.randn(8, 3, requires_grad=True)
     w = torch.tensor([1.0, 2.0, 2.0])  # |w|^2 = 9
     assert r1_penalty(x @ w, x).item() == pytest.approx(9.0)
+
+
+def test_r2_penalty_is_the_squared_gradient_norm_at_the_fakes():
+    fake = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 1.0]], requires_grad=True)
+    scores = (fake**2).sum(1)  # grad 2x: |2x|^2 = 4, 16, 40 -> mean 20
+    assert r2_penalty(scores, fake).item() == pytest.approx(20.0)
+    real = torch.randn(3, 2, requires_grad=True)
+    both = zero_centred_penalties(torch.cat([(real * 3).sum(1), (fake**2).sum(1)]), [real, fake])
+    assert [v.item() for v in both] == pytest.approx([18.0, 20.0])  # one backward, each its own
+
+
+def rpgan_by_hand(G, D, real, z, gamma, lr):
+    """R3GAN's game written out with plain SGD: D on softplus(-(D(x) - D(G(z)))) + gamma/2 (R1
+    + R2), then G on softplus(-(D(G(z)) - D(x))) with D as it is after its step."""
+    opt_d, opt_g = torch.optim.SGD(D.parameters(), lr), torch.optim.SGD(G.parameters(), lr)
+    x = real.clone().requires_grad_(True)
+    x_fake = G(z).detach().requires_grad_(True)
+    s_real, s_fake = D(x), D(x_fake)
+    (g_real,) = torch.autograd.grad(s_real.sum(), x, create_graph=True)
+    (g_fake,) = torch.autograd.grad(s_fake.sum(), x_fake, create_graph=True)
+    r1, r2 = g_real.square().sum(1).mean(), g_fake.square().sum(1).mean()
+    d_loss = F.softplus(-(s_real - s_fake)).mean() + gamma / 2 * (r1 + r2)
+    opt_d.zero_grad()
+    d_loss.backward()
+    opt_d.step()
+    g_loss = F.softplus(-(D(G(z)) - D(real).detach())).mean()
+    opt_g.zero_grad()
+    g_loss.backward()
+    opt_g.step()
+
+
+def test_the_rpgan_step_with_r1_and_r2_is_r3gans_game():
+    gen = torch.Generator().manual_seed(0)
+    real, z = torch.rand(8, 6, generator=gen) * 2 - 1, torch.randn(8, 4, generator=gen)
+    torch.manual_seed(0)
+    nets = {"G": TinyG(), "D": TinyD()}
+    ref = {k: copy.deepcopy(v) for k, v in nets.items()}
+    start = snapshot(nets)
+    opts = {k: torch.optim.SGD(v.parameters(), lr=0.1) for k, v in nets.items()}
+    game = GameSettings(loss="rpgan", r1=0.5, r2=0.5)
+    out = adversarial_step(nets, opts, [(real, None)], lambda n: z, game)
+    rpgan_by_hand(ref["G"], ref["D"], real, z, gamma=0.5, lr=0.1)
+    assert all_moved(start, nets) and float(out["loss/r2"]) > 0
+    for name in ("G", "D"):
+        for key, value in nets[name].state_dict().items():
+            torch.testing.assert_close(value, ref[name].state_dict()[key], msg=f"{name}.{key}")
 
 
 @pytest.mark.parametrize(

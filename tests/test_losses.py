@@ -71,7 +71,8 @@ def test_score_losses_match_their_formulas(name, b):
 def test_losses_are_finite_and_have_gradients_for_extreme_logits(name):
     loss = GAN_LOSSES[name]
     logits = torch.tensor([-200.0, -30.0, 0.0, 30.0, 200.0], requires_grad=True)
-    for value in (loss.d(logits, logits.flip(0)), loss.g(logits)):
+    g = loss.g(logits, logits.flip(0)) if loss.relativistic else loss.g(logits)
+    for value in (loss.d(logits, logits.flip(0)), g):
         value.backward()
         assert torch.isfinite(value)
         assert torch.isfinite(logits.grad).all()
@@ -87,3 +88,16 @@ def test_minimax_saturates_where_non_saturating_does_not():
     x.grad = None
     g_loss_non_saturating(x).backward()
     assert g_mm < 1e-3 < x.grad.abs().item()
+
+
+def test_rpgan_losses_are_the_softplus_of_paired_differences():
+    real, fake = torch.tensor(REAL), torch.tensor(FAKE)
+    rp = GAN_LOSSES["rpgan"]
+    by_hand_d = _mean([math.log(1 + math.exp(-(r - f))) for r, f in zip(REAL, FAKE, strict=True)])
+    by_hand_g = _mean([math.log(1 + math.exp(-(f - r))) for r, f in zip(REAL, FAKE, strict=True)])
+    assert rp.d(real, fake).item() == pytest.approx(by_hand_d, rel=1e-6)
+    assert rp.g(fake, real).item() == pytest.approx(by_hand_g, rel=1e-6)
+    # only differences count: the same shift of every score changes nothing
+    assert rp.d(real + 5, fake + 5).item() == pytest.approx(by_hand_d, rel=1e-6)
+    # pairs, not batches: re-pairing the same scores changes D's loss
+    assert rp.d(real, fake.flip(0)).item() != pytest.approx(by_hand_d, rel=1e-3)

@@ -3,13 +3,13 @@ import torch
 from torch import nn
 
 from gankit.errors import GankitError
-from gankit.models import MODELS, dcgan, mlp
+from gankit.models import MODELS, dcgan, mlp, r3gan
 
 SHAPES = [(1, 28, 28), (3, 32, 32), (3, 64, 64)]
 CONDS = ["none", "concat", "projection", "acgan"]
 
 
-@pytest.mark.parametrize("family", ["mlp", "dcgan"])
+@pytest.mark.parametrize("family", ["mlp", "dcgan", "r3gan"])
 @pytest.mark.parametrize("img_shape", SHAPES)
 @pytest.mark.parametrize("cond", CONDS)
 def test_shapes_and_ranges(family, img_shape, cond):
@@ -28,7 +28,7 @@ def test_shapes_and_ranges(family, img_shape, cond):
         assert classes.shape == (8, 10)
 
 
-@pytest.mark.parametrize("family", ["mlp", "dcgan"])
+@pytest.mark.parametrize("family", ["mlp", "dcgan", "r3gan"])
 @pytest.mark.parametrize("cond", ["concat", "projection", "acgan"])
 def test_the_label_changes_the_image_and_the_score(family, cond):
     mod = MODELS[family]
@@ -129,3 +129,38 @@ def test_mlp_dropout_is_optional():
 def test_bad_model_config_is_refused(bad):
     with pytest.raises(ValueError):
         mlp.Config(**bad)
+
+
+def test_r3gan_follows_the_paper():
+    cfg = r3gan.Config(ngf=16, ndf=16, blocks=2)
+    nets = r3gan.build(cfg, (1, 28, 28))
+    G, D = nets["G"], nets["D"]
+    assert G.basis.shape == (64, 7, 7)  # a learned 7 x 7 basis for 28 pixels
+    blocks = [m for net in (G, D) for m in net.modules() if isinstance(m, r3gan.Block)]
+    assert len(blocks) == 2 * 2 * 3  # G and D, 2 blocks at each of 7, 14, 28
+    norms = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
+    assert not any(isinstance(m, norms) for net in (G, D) for m in net.modules())
+    for block in blocks:  # starts as the identity; the grouped 3 x 3 mixes 16-channel groups
+        assert not block.narrow.weight.any() and not block.narrow.bias.any()
+        assert block.mix.groups == block.mix.in_channels // 16
+        x = torch.randn(2, block.widen.in_channels, 7, 7)
+        assert torch.equal(block(x), x)
+    # Fix-up: the first two layers of each block shrink as the network deepens
+    deep = r3gan.build(r3gan.Config(ngf=16, ndf=16, blocks=8), (1, 28, 28))["G"]
+    std = [next(m for m in g.modules() if isinstance(m, r3gan.Block)).widen.weight.std().item()
+           for g in (G, deep)]  # fmt: skip
+    assert std[1] / std[0] == pytest.approx((8 / 2) ** -0.25, rel=0.1)
+
+
+def test_r3gan_resamples_with_the_121_filter():
+    flat = torch.ones(1, 2, 8, 8)
+    down, up = r3gan.Resample(2, up=False), r3gan.Resample(2, up=True)
+    assert down(flat).shape == (1, 2, 4, 4) and up(flat).shape == (1, 2, 16, 16)
+    assert torch.allclose(down(flat)[..., 1:, 1:], torch.ones(1, 2, 3, 3))  # a flat image stays
+    assert torch.allclose(up(flat)[..., 1:-1, 1:-1], torch.ones(1, 2, 14, 14))  # flat (inside)
+    impulse = torch.zeros(1, 2, 8, 8)
+    impulse[0, 0, 4, 4] = 16.0
+    assert down(impulse)[0, 0, 2, 1:4].tolist() == [0.0, 4.0, 0.0]  # 16 x the filter's centre
+    # zero-stuffed, then 4 x the filter: the impulse at 4 lands at 8, spread [1, 2, 1] / 2
+    assert up(impulse)[0, 0, 8, 7:10].tolist() == [8.0, 16.0, 8.0]
+    assert up(impulse)[0, 0, 7, 7:10].tolist() == [4.0, 8.0, 4.0]

@@ -216,3 +216,30 @@ def test_a_conditional_gan_trains_on_an_image_folder_labelled_by_subfolder(tmp_p
     labels = sampler.labels(6, [1])
     assert labels.tolist() == [1] * 6
     assert sampler.images(6, labels=labels).shape == (6, 3, 32, 32)
+
+
+def test_r1_and_r2_fall_to_gamma_final_and_resume_on_the_same_ramp(tiny_cfg, tmp_path, monkeypatch):
+    seen = []
+    real_step = mlp.step
+
+    def spy(nets, opts, batches, z_fn, game, train_g=True):
+        seen.append((game.r1, game.r2))
+        return real_step(nets, opts, batches, z_fn, game, train_g)
+
+    monkeypatch.setattr(mlp, "step", spy)
+    cfg = tiny_cfg(steps=5, loss="rpgan", r1=2.0, r2=1.0, gamma_final=0.1)
+    train(cfg, tmp_path / "run", progress=False, log=quiet)
+    factors = [0.1 + 0.9 * (5 - s) / 5 for s in range(5)]  # 1 at step 0, then to 0.1 at step 5
+    assert [r1 for r1, _ in seen] == pytest.approx([2 * f for f in factors])
+    assert [r2 for _, r2 in seen] == pytest.approx([1 * f for f in factors])
+    seen.clear()  # extended to 8 steps: the ramp had reached its floor and stays there
+    train(tiny_cfg(steps=8, loss="rpgan", r1=2.0, r2=1.0, gamma_final=0.1), tmp_path / "run",
+          resume=True, progress=False, log=quiet)  # fmt: skip
+    assert [r1 for r1, _ in seen] == pytest.approx([0.2, 0.2, 0.2])
+
+
+def test_ema_kimg_is_a_half_life_in_images(tiny_cfg):
+    cfg = tiny_cfg(batch_size=64, ema_kimg=5)
+    # 5,000 images = 78.125 steps of 64: the average forgets half of an old weight
+    assert cfg.train.ema ** (5000 / 64) == pytest.approx(0.5)
+    assert tiny_cfg(batch_size=128, ema_kimg=5).train.ema < cfg.train.ema  # bigger steps

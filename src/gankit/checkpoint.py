@@ -3,14 +3,16 @@
     tensors:  G.<param>, D.<param>              network weights and buffers
               opt.G.<param index>.<key>         optimiser state (Adam's moments, step)
               <name> from `extra`               fixed noise, RNG states, sampler permutation
-    metadata: {"gankit": JSON}                  format version, step, config, image shape,
+    metadata: {"gankit": JSON}                  format version, the gankit and torch versions
+                                                that wrote it, step, config, image shape,
                                                 optimiser hyper-parameters, scalars
 
 A checkpoint is written to a temporary file, flushed to disk and renamed over the
 old one (gankit.files), so a crash or a full disk mid-write leaves the previous
 checkpoint intact. The header holds a digest of each group of tensors, checked on
 loading, so a flipped bit is refused rather than trained on. Loading parses
-safetensors and JSON only: nothing is ever unpickled.
+safetensors and JSON only: nothing is ever unpickled. A checkpoint of a newer format
+than this gankit reads is refused in one line that names the gankit that wrote it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import nn
 
-from gankit import files
+from gankit import __version__, files, versions
 from gankit.errors import GankitError
 
 FORMAT = "gankit-checkpoint"
@@ -73,8 +75,11 @@ def read(path: Path, names: tuple[str, ...] | None = None) -> tuple[dict[str, to
     if not isinstance(version, int) or isinstance(version, bool):
         raise GankitError(f"checkpoint {path} is corrupt: format version {version!r}")
     if version > VERSION:
+        by = meta.get("written_by")
+        by = f" (written by gankit {by.get('gankit')})" if isinstance(by, dict) else ""
         raise GankitError(
-            f"checkpoint {path} has format version {version}; this gankit reads <= {VERSION}"
+            f"checkpoint {path} has format version {version}{by}; gankit {__version__} reads "
+            f"format <= {VERSION}: upgrade gankit to load it"
         )
     if "step" in meta:
         _whole(meta["step"], "step", path)
@@ -264,7 +269,8 @@ def save_checkpoint(
     opt_tensors, opt_meta = pack_optimizers(opts or {})
     tensors.update(opt_tensors)
     tensors.update({f"extra.{k}": v for k, v in (extra or {}).items()})
-    write_atomic(path, tensors, {"format": FORMAT, "version": VERSION, **meta, "optim": opt_meta})
+    header = {"format": FORMAT, "version": VERSION, "written_by": versions()}
+    write_atomic(path, tensors, {**header, **meta, "optim": opt_meta})
 
 
 def load_checkpoint(

@@ -1,4 +1,4 @@
-"""The `gankit` command: train, sample, eval, lab, list.
+"""The `gankit` command: train, sample, eval, upscale, export, report, lab, list.
 
 Every user error (a bad option, a missing file, a corrupt checkpoint) ends as one
 line on stderr and exit code 2; work already saved is never overwritten. So does
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from gankit.errors import GankitError
+from gankit.errors import GankitError, require
 
 EXIT_USAGE = 2
 
@@ -25,7 +25,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gankit import __version__
+
     p = _Parser(prog="gankit", description="Build, train, watch and sample GANs.")
+    p.add_argument("--version", action="version", version=f"gankit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser(
@@ -34,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a model. Any config field is also an option: --lr-d 1e-4, --model.nz 100, "
         "--data.dataset folder:PATH (see --dry-run for them all).",
     )
-    t.add_argument("--config", help="YAML config file (see configs/)")
+    t.add_argument("--config", help="a preset's name (see gankit list) or a YAML config file")
     t.add_argument("--steps", help="generator steps to train (with --resume: the new total)")
     t.add_argument("--seed", help="random seed")
     t.add_argument("--name", help="run folder name (default: <family>-<date>-<time>)")
@@ -69,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw images from a trained run")
     s.add_argument("run", help="run folder (or a checkpoint file)")
-    s.add_argument("--n", type=int, default=64, help="number of images (default: 64)")
+    s.add_argument(
+        "--n", type=int, help="number of images (default: 64; with --latents: one per latent)"
+    )
     s.add_argument("--out", help="write uint8 images (N, C, H, W) under key 'images' to this .npz")
     s.add_argument("--grid", help="write a PNG grid of the first nrow x nrow images")
     s.add_argument("--nrow", type=int, default=10, help="images per grid row (default: 10)")
@@ -89,6 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--pyramid",
         metavar="FILE.png",
         help="pyramid models (lapgan): 8 samples, one row each, one column per level",
+    )
+    s.add_argument(
+        "--latents",
+        metavar="Z.npy",
+        help="draw from these latents instead of seeded noise: floats (N, nz), the z input of "
+        "`gankit export`, to reproduce an exported model's images. LAPGAN: the coarse z "
+        "(N, nz), the finer levels' noise then from --seed, or every level's side by side "
+        "(N, levels * nz) = [z, noise1, noise2, ...]; the VAE: the decoder's z; SR runs take "
+        "images (gankit upscale)",
+    )
+    s.add_argument(
+        "--labels",
+        metavar="Y.npy",
+        help="with --latents, for a conditional run (needed there): class indices (N,), "
+        "one per latent",
     )
     s.add_argument("--checkpoint", help="'last' (default), a step number, or a checkpoint path")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
@@ -145,6 +165,33 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--tile", type=int, default=128, help="LR tile size (default: 128)")
     u.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     u.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+
+    x = sub.add_parser(
+        "export",
+        help="export a run's generator to ONNX or TorchScript",
+        description="Export the sampling network (G, its moving average when the run keeps one; "
+        "LAPGAN's whole pyramid; the VAE's decoder; an SR run's G) with a dynamic batch axis: "
+        "inputs z (N, nz) float32 [LAPGAN: also noise1, noise2, ...], labels (N,) int64 for a "
+        "conditional run, SR: lr (N, C, h, w) of any size; output images (N, C, H, W) in "
+        "[-1, 1] (TorchScript: pass the inputs in that order). The file is run on fixed inputs "
+        "and compared with PyTorch before it is kept (refused above 1e-4). `gankit sample RUN "
+        "--latents z.npy` draws the same images.",
+    )
+    x.add_argument("run", metavar="RUN", help="run folder (or a checkpoint file)")
+    x.add_argument("--format", required=True, help="onnx | torchscript")
+    x.add_argument("--out", required=True, help="the file to write (.onnx, .pt)")
+    x.add_argument("--checkpoint", help="'last' (default), a step number, or a checkpoint path")
+    x.add_argument("--opset", type=int, help="ONNX opset, 11..20 (default: 17)")
+    x.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+
+    r = sub.add_parser(
+        "report",
+        help="write one self-contained HTML page about one run or several",
+        description="Config, curves, evaluations, the fixed-noise grids over time and the final "
+        "values of RUN in one HTML file that needs no network; several runs are overlaid.",
+    )
+    r.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s)")
+    r.add_argument("--out", help="the .html file to write (default with one run: RUN/report.html)")
 
     sub.add_parser("list", help="list model families, losses and datasets")
     add_lab_parser(sub)
@@ -267,7 +314,7 @@ LAUNCHER_OPTIONS = ("--nproc", "--master-port", "--max-restarts")
 
 
 def cmd_train(args, extra: list[str], argv: list[str]) -> int:
-    from gankit.config import apply_overrides, from_dict, load_yaml
+    from gankit.config import apply_overrides, find_config, from_dict, load_yaml
 
     overrides = parse_overrides(extra)
     for key in ("steps", "seed"):
@@ -285,7 +332,7 @@ def cmd_train(args, extra: list[str], argv: list[str]) -> int:
             raise GankitError(f"run folder {run_dir} does not exist or has no config.yaml")
         base = load_yaml(run_dir / "config.yaml")
     else:
-        base = load_yaml(args.config) if args.config else {}
+        base = load_yaml(find_config(args.config)) if args.config else {}
     cfg = from_dict(apply_overrides(base, overrides))
     check_train(args, cfg)
     if args.dry_run:
@@ -404,6 +451,7 @@ def train_here(args, cfg, d, run_dir: Path | None) -> int:
         print(f"last grid:   {summary.grid}")
     print(f"checkpoint:  {run_dir / 'checkpoints' / 'last.safetensors'}")
     print(f"tensorboard: tensorboard --logdir {run_dir.parent}")
+    print(f"report:      gankit report {run_dir} --out {run_dir / 'report.html'}")
     from gankit.models import MODELS
 
     if hasattr(MODELS[cfg.model.family], "upscale"):
@@ -444,7 +492,16 @@ def cmd_sample(args) -> int:
     for flag, path in (("--grid", args.grid), ("--pyramid", args.pyramid)):
         if path and not path.lower().endswith((".png", ".jpg", ".jpeg")):
             raise GankitError(f"{flag} must end in .png or .jpg, got {path!r}")
-    for flag in ("--n", "--nrow", "--batch-size"):
+    if args.labels and not args.latents:
+        raise GankitError("--labels goes with --latents; to pick classes use --class")
+    if args.latents and (args.interpolate or args.pyramid or args.classes):
+        raise GankitError(
+            "--latents draws the given latents: drop --interpolate, --pyramid and --class "
+            "(--labels gives a conditional run's classes)"
+        )
+    if args.n is not None:
+        _at_least(args.n, "--n", 1)
+    for flag in ("--nrow", "--batch-size"):
         _at_least(getattr(args, flag[2:].replace("-", "_")), flag, 1)
     for flag, path in (("--out", args.out), ("--grid", args.grid), ("--pyramid", args.pyramid)):
         check_writable(path, flag)
@@ -452,20 +509,31 @@ def cmd_sample(args) -> int:
 
     import torch
 
-    from gankit.sample import Sampler, save_grid, save_npz
+    from gankit.grids import save_grid
+    from gankit.sample import Sampler, save_npz
 
     sampler = Sampler.load(args.run, args.checkpoint, args.device)
+    latents = labels = None
+    if args.latents:
+        latents, labels = sampler.read_latents(args.latents, args.labels, args.seed)
+        if args.n not in (None, len(latents)):
+            raise GankitError(f"--n {args.n}, but --latents holds {len(latents)}: drop --n")
+        args.n = len(latents)
+    args.n = 64 if args.n is None else args.n
     levels = sampler.pyramid(8, args.seed, classes) if args.pyramid else None  # refused early
     # Draw what is written: all --n for --out; a grid alone needs only what it shows.
     rows = max(1, args.n // args.nrow)  # --interpolate: rows of --nrow steps
     n = args.n
-    if not args.out:
+    if not args.out and latents is None:
         k = len(classes or sampler.classes)  # a conditional grid: a row of --nrow per class
         n = 0 if args.interpolate or not args.grid else min(n, (k or args.nrow) * args.nrow)
     sampler.check_memory(max(n, rows * args.nrow if args.interpolate else 0))
-    labels = sampler.labels(n, classes) if n else None
+    if latents is None:
+        labels = sampler.labels(n, classes) if n else None
     if n:
-        images = sampler.images(n, seed=args.seed, batch_size=args.batch_size, labels=labels)
+        images = sampler.images(
+            n, seed=args.seed, batch_size=args.batch_size, labels=labels, latents=latents
+        )
     if args.out:
         arrays = {} if labels is None else {"labels": labels.numpy()}
         save_npz(args.out, images, **arrays)
@@ -478,7 +546,7 @@ def cmd_sample(args) -> int:
         save_grid(args.grid, sampler.interpolate(rows, args.nrow, seed=args.seed), args.nrow)
         print(f"wrote {args.grid}: {rows} interpolations of {args.nrow} steps")
     elif args.grid:
-        if labels is None:
+        if labels is None or latents is not None:  # --latents: in the file's order
             save_grid(args.grid, images[: args.nrow * args.nrow], args.nrow)
         else:  # one row per class
             rows = [images[labels == c] for c in labels.unique_consecutive().tolist()]
@@ -521,6 +589,8 @@ def cmd_eval(args) -> int:
         _at_least(args.n, "--n", 1)
     _at_least(args.iw_k, "--iw-k", 1)
     weights = args.inception_weights
+    if weights:  # before any sampling: a missing extra is refused at once
+        require("torch_fidelity", "inception", "--inception-weights")
     if weights and not Path(weights).is_file():
         what = "is a folder, not a file" if Path(weights).is_dir() else "does not exist"
         raise GankitError(f"--inception-weights {weights} {what}")
@@ -643,6 +713,31 @@ def eval_super_resolution(args, sampler, record: dict, say) -> int:
         return 0
     print(f"Y channel, {scale}-pixel border cropped; step {record['step']}")
     print(format_table(results))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from gankit.report import check_run, write_report  # reads files only: no torch
+
+    for run in args.runs:
+        check_run(Path(run))
+    if args.out is None and len(args.runs) > 1:
+        raise GankitError("several runs: say where the page goes with --out FILE.html")
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "report.html"
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise GankitError(f"--out must end in .html, got {str(out)!r}")
+    check_writable(str(out), "--out")
+    size = write_report([Path(r) for r in args.runs], out)
+    said = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+    print(f"wrote {out} ({said})")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from gankit.export import export
+
+    report = export(args.run, args.format, args.out, args.checkpoint, args.opset, args.force)
+    print(report.summary())
     return 0
 
 
@@ -804,6 +899,7 @@ def parse_numbers(text: str | None, flag: str, kind: type = float) -> list | Non
 
 def cmd_list() -> int:
     from gankit.augment import AUGMENTATIONS
+    from gankit.config import preset_names, preset_summary
     from gankit.data import DATASETS
     from gankit.losses import GAN_LOSSES
     from gankit.models import MODELS
@@ -814,22 +910,10 @@ def cmd_list() -> int:
     print("conditioning: " + ", ".join(CONDITIONINGS) + "  (--model.cond)")
     print("augment:      " + ", ".join(AUGMENTATIONS) + "  (--augment, DiffAugment)")
     print("datasets:     " + ", ".join(DATASETS))
-    folder = Path("configs")
-    if not folder.is_dir():  # an editable install run from elsewhere: the checkout's presets
-        folder = Path(__file__).resolve().parents[2] / "configs"
-    configs = sorted(folder.glob("*.yaml"))
-    if configs:
-        print("presets (gankit train --config FILE):")
-        for path in configs:
-            print(f"  {str(path):<32} {_first_comment(path)}")
+    print("presets (gankit train --config NAME; --dry-run prints one as YAML to copy):")
+    for name in preset_names():
+        print(f"  {name:<16} {preset_summary(name)}")
     return 0
-
-
-def _first_comment(path: Path) -> str:
-    for line in path.read_text().splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -872,6 +956,10 @@ def run_command(argv: list[str]) -> int:
         return cmd_lab(args)
     if args.command == "upscale":
         return cmd_upscale(args)
+    if args.command == "export":
+        return cmd_export(args)
+    if args.command == "report":
+        return cmd_report(args)
     return cmd_list()
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from gankit import versions
 from gankit.augment import parse_policy
 from gankit.data import check_spec
 from gankit.errors import GankitError
@@ -57,7 +58,7 @@ class DataConfig:
 class TrainConfig:
     steps: int = 12000  # generator updates; each consumes n_critic real batches
     batch_size: int = 64  # images per batch
-    loss: str = "non-saturating"  # non-saturating | minimax | lsgan | hinge | wgan-gp
+    loss: str = "non-saturating"  # non-saturating | minimax | lsgan | hinge | wgan-gp | rpgan
     lr_g: float = 2e-4  # Adam learning rate of G
     lr_d: float = 2e-4  # Adam learning rate of D
     beta1: float = 0.5  # Adam beta1 (0.5 as in DCGAN; 0.9 is Adam's default)
@@ -68,9 +69,12 @@ class TrainConfig:
     label_smoothing: float = 0.0  # one-sided: D's target for reals is 1 - label_smoothing
     gp_weight: float = 10.0  # lambda of WGAN-GP's gradient penalty (loss wgan-gp only)
     r1: float = 0.0  # gamma of the R1 penalty gamma/2 * E|grad D(x)|^2 on reals; 0 = off
+    r2: float = 0.0  # gamma of the R2 penalty gamma/2 * E|grad D(G(z))|^2 on fakes; 0 = off
+    gamma_final: float = 1.0  # r1 and r2 fall linearly to this fraction of them by the end
     aux_weight: float = 1.0  # weight of ACGAN's class loss (model.cond acgan only)
     aux_fakes: bool = True  # ACGAN: D's class loss also on fakes (the paper); false = reals only
     ema: float = 0.0  # decay of a moving average of G's weights used to sample; 0 = off
+    ema_kimg: float = 0.0  # the EMA's half-life in thousands of images; > 0 sets ema from it
     augment: str = ""  # DiffAugment policy, e.g. "color,translation,cutout"; "" = off
     instance_noise: float = 0.0  # std of noise added to D's inputs, annealed to 0; 0 = off
     amp: str = "none"  # none | bf16: steps under bfloat16 autocast; weights stay float32
@@ -96,6 +100,8 @@ class TrainConfig:
     collapse_alarm: float = 0.5  # warn when the fixed batch's diversity < this x its peak; 0 = off
 
     def __post_init__(self):
+        if self.ema_kimg > 0:  # a half-life in images (StyleGAN's, R3GAN's): sets the decay
+            self.ema = 0.5 ** (self.batch_size / (1000 * self.ema_kimg))  # per G step
         if self.loss not in GAN_LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}: choose one of {', '.join(GAN_LOSSES)}")
         positive = (
@@ -128,10 +134,14 @@ class TrainConfig:
             raise ValueError(f"lr_decay must be in [0, 1], got {self.lr_decay}")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if min(self.gp_weight, self.r1, self.aux_weight, self.instance_noise) < 0:
-            raise ValueError("gp_weight, r1, aux_weight and instance_noise must be >= 0")
+        if min(self.gp_weight, self.r1, self.r2, self.aux_weight, self.instance_noise) < 0:
+            raise ValueError("gp_weight, r1, r2, aux_weight and instance_noise must be >= 0")
+        if not 0 <= self.gamma_final <= 1:
+            raise ValueError(f"gamma_final must be in [0, 1], got {self.gamma_final}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1) (e.g. 0.999), got {self.ema}")
+        if self.ema_kimg < 0:
+            raise ValueError(f"ema_kimg must be >= 0 (thousands of images), got {self.ema_kimg}")
         parse_policy(self.augment)
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
@@ -229,8 +239,8 @@ def check_combination(cfg: Config) -> None:
         return
     loss = GAN_LOSSES[t.loss]
     batchnorm_d = getattr(m, "d_norm", "none") == "batch"
-    if batchnorm_d and (loss.gradient_penalty or t.r1):
-        what = "wgan-gp's gradient penalty" if loss.gradient_penalty else "the R1 penalty"
+    if batchnorm_d and (loss.gradient_penalty or t.r1 or t.r2):
+        what = "wgan-gp's gradient penalty" if loss.gradient_penalty else "the R1/R2 penalty"
         raise GankitError(
             f"{what} needs a critic without BatchNorm (it mixes the samples whose gradients "
             f"are penalised): set --model.d-norm layer, instance or none"
@@ -395,6 +405,38 @@ def apply_overrides(d: dict, overrides: dict[str, str]) -> dict:
     return d
 
 
+# The presets ship inside the package (package data), so `--config dcgan-mnist` works
+# wherever gankit is installed, not only in its checkout.
+PRESETS = Path(__file__).resolve().parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def preset_summary(name: str) -> str:
+    """The preset's first comment line: what it trains and how long it takes."""
+    for line in (PRESETS / f"{name}.yaml").read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def find_config(spec: str | Path) -> Path:
+    """`--config`'s argument: a YAML file, else the name of a preset (`dcgan-mnist`)."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise GankitError(f"config file {path} is a folder, not a file")
+    name = str(spec).removesuffix(".yaml")
+    if name in preset_names():
+        return PRESETS / f"{name}.yaml"
+    raise GankitError(
+        f"config {str(spec)!r} is neither a file nor a preset; presets: {', '.join(preset_names())}"
+    )
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -422,9 +464,11 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, str] | None = None) -> Config:
-    d = load_yaml(path) if path else {}
+    """A config from a YAML file or preset name (None: the defaults) and overrides."""
+    d = load_yaml(find_config(path)) if path else {}
     return from_dict(apply_overrides(d, overrides or {}))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    header = "# written by " + ", ".join(f"{k} {v}" for k, v in versions().items()) + "\n"
+    Path(path).write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -203,6 +203,9 @@ def _missing_message(spec: str, root: Path) -> str:
 
 def _torchvision(cls_name: str, root: Path, split: str) -> Dataset | None:
     """A torchvision dataset already on disk, or None. download=False: never fetch."""
+    folder = "cifar-10-batches-py" if cls_name == "CIFAR10" else cls_name
+    if not (root / folder).is_dir():  # torchvision takes 1.7 s to import: not for nothing
+        return None
     import torchvision.datasets as tvd
 
     try:
@@ -381,6 +384,25 @@ def read_array_file(path: Path, what: str = "array file") -> tuple[np.ndarray, n
     if labels is not None:
         labels = _check_labels(labels, len(images), path)
     return images, labels
+
+
+def read_npy(path: str | Path, what: str) -> np.ndarray:
+    """One array from a .npy file (`what` names it in errors: "--latents"). A missing file,
+    one that is not an .npy array, an object array (never unpickled), a truncated one or
+    one larger than this machine's memory is refused with one line."""
+    path = Path(path)
+    if not path.is_file():
+        exists = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise GankitError(f"{what} {path} {exists}")
+    try:
+        with open(path, "rb") as f:
+            _check_npy_header(f, path.stat().st_size, f"{what} {path}")
+        return np.load(path, allow_pickle=False)
+    except GankitError:
+        raise
+    except Exception as e:  # numpy raises ValueError, EOFError, OSError
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise GankitError(f"cannot read {what} {path}: {reason}") from None
 
 
 def _check_npy_header(f, size: int, where: str) -> None:

@@ -8,3 +8,15 @@ exit code 2, saying its type; GANKIT_DEBUG=1 lets it raise with its traceback.
 
 class GankitError(Exception):
     """Bad input: a config value, a path, a dataset or a checkpoint we refuse."""
+
+
+def require(module: str, extra: str, purpose: str):
+    """Import an optional dependency, or refuse in one line naming the extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise GankitError(
+            f"{purpose} needs {module}, from gankit's {extra} extra: pip install 'gankit[{extra}]'"
+        ) from None

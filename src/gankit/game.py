@@ -1,7 +1,8 @@
 """One round of the two-player game, written once for every adversarial family.
 
-    D step:  minimise loss.d(D(x), D(G(z)))  (+ gradient penalty, R1, ACGAN class loss)
+    D step:  minimise loss.d(D(x), D(G(z)))  (+ gradient penalty, R1, R2, ACGAN class loss)
     G step:  minimise loss.g(D(G(z)))        (+ ACGAN class loss on the fakes)
+             relativistic losses: loss.g(D(G(z)), D(x)) on the last real batch
 
 With the default non-saturating loss these are: D maximises
 log D(x) + log(1 - D(G(z))), G maximises log D(G(z)).
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gankit.augment import diff_augment
-from gankit.losses import GAN_LOSSES, d_prob, gradient_penalty, r1_penalty
+from gankit.losses import GAN_LOSSES, d_prob, gradient_penalty, zero_centred_penalties
 
 Batch = tuple[Tensor, Tensor | None]  # (real images (B, C, H, W), labels (B,) or None)
 # A conditional family may pass any conditioning in the labels' place (LAPGAN: a tuple).
@@ -44,6 +45,7 @@ class GameSettings:
     real_target: float = 1.0  # D's target for reals; < 1 = one-sided label smoothing
     gp_weight: float = 10.0  # lambda of the WGAN-GP penalty (loss wgan-gp only)
     r1: float = 0.0  # gamma of the R1 penalty gamma/2 * E|grad D(x)|^2 on reals; 0 = off
+    r2: float = 0.0  # gamma of the R2 penalty gamma/2 * E|grad D(x~)|^2 on fakes; 0 = off
     aux_weight: float = 1.0  # weight of ACGAN's class cross-entropy in both players' losses
     aux_fakes: bool = True  # ACGAN: D also classifies fakes (the paper); False = reals only
     augment: tuple[str, ...] = ()  # DiffAugment policy applied to everything D sees
@@ -155,15 +157,16 @@ def adversarial_step(
         with game.autocast():
             with torch.set_grad_enabled(last and train_g):  # only the last fake feeds the G step
                 fake = G(z_fn(n), labels)
+            fake_in = fake.detach().requires_grad_(bool(game.r2))  # D's view: no path to G
             if joint:
-                scores, classes = critic(torch.cat([real, fake.detach()]), twice(labels))
+                scores, classes = critic(torch.cat([real, fake_in]), twice(labels))
                 real_scores, fake_scores = scores.split(n)
                 real_classes, fake_classes = (
                     classes.split(n) if classes is not None else (None, None)
                 )
             else:
                 real_scores, real_classes = critic(real, labels)
-                fake_scores, fake_classes = critic(fake.detach(), labels)
+                fake_scores, fake_classes = critic(fake_in, labels)
             d_loss = loss.d(real_scores, fake_scores, game.real_target)
             if real_classes is not None:  # ACGAN: D learns the class of reals (and of fakes)
                 class_loss = F.cross_entropy(real_classes, labels)
@@ -172,9 +175,15 @@ def adversarial_step(
         if loss.gradient_penalty:  # the penalties differentiate D: outside autocast
             gp = gradient_penalty(lambda x, y=labels: scores_under_autocast(x, y), real, fake)
             d_loss = d_loss + game.gp_weight * gp
-        if game.r1:
-            r1 = r1_penalty(real_scores, real)
-            d_loss = d_loss + 0.5 * game.r1 * r1
+        penalised = [(x, g) for x, g in ((real, game.r1), (fake_in, game.r2)) if g]
+        if penalised:  # R1 and R2 from one backward pass (each score sees one image)
+            both = torch.cat([real_scores, fake_scores]) if game.r1 and game.r2 else None
+            scores_of = both if both is not None else (real_scores if game.r1 else fake_scores)
+            norms = zero_centred_penalties(scores_of, [x for x, _ in penalised])
+            for norm, (_, gamma) in zip(norms, penalised, strict=True):
+                d_loss = d_loss + 0.5 * gamma * norm
+            r1 = norms[0] if game.r1 else None
+            r2 = norms[-1] if game.r2 else None
         if real_classes is not None:
             d_loss = d_loss + game.aux_weight * class_loss
         opt_d.zero_grad(set_to_none=True)
@@ -187,14 +196,26 @@ def adversarial_step(
         out["loss/gp"] = gp.detach()
     if game.r1:
         out["loss/r1"] = r1.detach()
+    if game.r2:
+        out["loss/r2"] = r2.detach()
     if real_classes is not None:
         out["loss/class"] = class_loss.detach()
         out["acc/class_real"] = (real_classes.detach().argmax(1) == labels).float().mean()
     if train_g:
         D.requires_grad_(False)  # G step: gradients flow through D to G, not into D's weights
         with game.autocast():
-            fake_scores, fake_classes = critic(fake, labels)
-            g_loss = loss.g(fake_scores)
+            if not loss.relativistic:
+                fake_scores, fake_classes = critic(fake, labels)
+                g_loss = loss.g(fake_scores)
+            elif joint:  # the paired reals' scores under D as it is now
+                scores, classes = critic(torch.cat([real.detach(), fake]), twice(labels))
+                real_scores, fake_scores = scores.split(n)
+                fake_classes = classes.split(n)[1] if classes is not None else None
+                g_loss = loss.g(fake_scores, real_scores.detach())
+            else:
+                real_scores = critic(real.detach(), labels)[0]
+                fake_scores, fake_classes = critic(fake, labels)
+                g_loss = loss.g(fake_scores, real_scores.detach())
             if fake_classes is not None:  # ACGAN: G makes fakes D classifies as their label
                 g_loss = g_loss + game.aux_weight * F.cross_entropy(fake_classes, labels)
         D.requires_grad_(True)

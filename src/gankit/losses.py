@@ -11,8 +11,9 @@ The value function of Goodfellow et al. (2014) is
 V(D, G) = E_x[log D(x)] + E_z[log(1 - D(G(z)))]; D maximises it, so its loss is
 -V, which is 2 log 2 ~ 1.386 at the equilibrium D = 1/2.
 
-The other losses read l as an unbounded score (least squares, hinge) or as a
-critic's estimate of the Wasserstein-1 distance (WGAN-GP).
+The other losses read l as an unbounded score (least squares, hinge), as a
+critic's estimate of the Wasserstein-1 distance (WGAN-GP), or compare the scores
+of paired reals and fakes (relativistic pairing, RpGAN).
 """
 
 from __future__ import annotations
@@ -83,12 +84,28 @@ def d_loss_wasserstein(real: Tensor, fake: Tensor, real_target: float = 1.0) -> 
     return fake.mean() - real.mean()
 
 
+# ---- relativistic pairing (Jolicoeur-Martineau 2019), in R3GAN's form (Huang et al. 2024) -----
+
+
+def d_loss_rpgan(real: Tensor, fake: Tensor, real_target: float = 1.0) -> Tensor:
+    """E[softplus(-(D(x_i) - D(G(z_i))))] over paired reals and fakes: D scores each real
+    above its partner fake. Only differences of scores count, so D cannot settle by
+    raising or lowering all of them, which the RpGAN paper links to fewer dropped modes."""
+    return F.softplus(-(real - fake)).mean()  # -log sigmoid(D(x) - D(G(z)))
+
+
+def g_loss_rpgan(fake: Tensor, real: Tensor) -> Tensor:
+    """E[softplus(-(D(G(z_i)) - D(x_i)))]: G lifts each fake above its partner real."""
+    return F.softplus(-(fake - real)).mean()
+
+
 class GANLoss(NamedTuple):
     d: Callable[..., Tensor]  # (real_scores, fake_scores, real_target) -> scalar D loss
-    g: Callable[[Tensor], Tensor]  # (fake_scores) -> scalar G loss
+    g: Callable[..., Tensor]  # (fake_scores) -> scalar G loss; relativistic: (fake, real)
     logits: bool  # D's outputs are logits of a probability (logged as D(x) = sigmoid)
     smoothing: bool  # one-sided label smoothing applies
     gradient_penalty: bool  # adds the WGAN-GP penalty (needs a critic without BatchNorm)
+    relativistic: bool = False  # G's loss also reads D's scores of the paired reals
 
 
 GAN_LOSSES = {
@@ -97,6 +114,7 @@ GAN_LOSSES = {
     "lsgan": GANLoss(d_loss_least_squares, g_loss_least_squares, False, True, False),
     "hinge": GANLoss(d_loss_hinge, g_loss_score, False, False, False),
     "wgan-gp": GANLoss(d_loss_wasserstein, g_loss_score, False, False, True),
+    "rpgan": GANLoss(d_loss_rpgan, g_loss_rpgan, False, False, False, relativistic=True),
 }
 
 
@@ -122,10 +140,24 @@ def gradient_penalty(
     return (per_score - 1).square().mean()
 
 
+def zero_centred_penalties(scores: Tensor, inputs: list[Tensor]) -> list[Tensor]:
+    """E[|grad_x D(x)|^2] for each batch x in `inputs` (each must require grad), from one
+    backward pass through D: R1 on reals, R2 on fakes, or both at once. `scores` holds
+    D's outputs for all of them; each score must depend on its own image only (no
+    BatchNorm), so that the gradient of their sum splits into per-image gradients."""
+    grads = torch.autograd.grad(scores.sum(), inputs, create_graph=True)
+    return [g.flatten(1).square().sum(1).mean() for g in grads]
+
+
 def r1_penalty(real_scores: Tensor, real: Tensor) -> Tensor:
     """R1 (Mescheder et al. 2018): E[|grad_x D(x)|^2] on real data; `real` must require grad."""
-    (grad,) = torch.autograd.grad(real_scores.sum(), real, create_graph=True)
-    return grad.flatten(1).square().sum(1).mean()
+    return zero_centred_penalties(real_scores, [real])[0]
+
+
+def r2_penalty(fake_scores: Tensor, fake: Tensor) -> Tensor:
+    """R2 (Mescheder et al. 2018; Huang et al. 2024): E[|grad_x D(x)|^2] on fakes, so D is
+    smooth where G's samples are too; `fake` (detached from G) must require grad."""
+    return zero_centred_penalties(fake_scores, [fake])[0]
 
 
 def d_prob(scores: Tensor, logits: bool = True) -> Tensor:

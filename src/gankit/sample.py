@@ -17,7 +17,7 @@ from gankit import checkpoint as ckpt
 from gankit import files
 from gankit.checkpoint import find_checkpoint
 from gankit.config import from_dict
-from gankit.data import format_bytes, memory_bytes, to_uint8
+from gankit.data import format_bytes, memory_bytes, read_npy, to_uint8
 from gankit.device import resolve_device
 from gankit.errors import GankitError
 from gankit.game import add_ema, sampling_nets
@@ -83,6 +83,75 @@ class Sampler:
     def classes(self) -> list[str]:
         """The class names a conditional generator takes ([] when unconditional)."""
         return list(self.meta.get("classes", [])) if is_conditional(self.model_cfg) else []
+
+    def inputs(self) -> dict[str, tuple]:
+        """What the sampling network takes, by name, each as a shape whose dynamic axes are
+        named ("batch", "height", ...): the family's latent, split along dim 1 into the
+        parts its `input_shapes` names (LAPGAN: z, noise1, noise2; SRGAN: the LR image lr),
+        else one `z` shaped like its noise; then, for a conditional run, labels (batch,)."""
+        if hasattr(self.family, "input_shapes"):
+            spec = dict(self.family.input_shapes(self.model_cfg, tuple(self.meta["img_shape"])))
+        else:
+            shape = self.family.noise(self.model_cfg, 1, torch.Generator(), "cpu").shape
+            spec = {"z": ("batch", *shape[1:])}
+        if self.classes:
+            spec["labels"] = ("batch",)
+        return spec
+
+    def read_latents(
+        self, path: str | Path, labels_path: str | Path | None = None, seed: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`gankit sample --latents FILE.npy [--labels FILE.npy]`: the latents to draw from,
+        float32, and the labels (N,) int64 of a conditional run (None otherwise).
+
+        A latent is (N, ...) shaped like the first input (z). A family whose latent has
+        several parts (LAPGAN: z, noise1, noise2) takes the first part alone, the others
+        then drawn from `seed` as they are without --latents, or all parts side by side.
+        A conditional run needs one label per latent; an unconditional one refuses labels.
+        """
+        whole = self.family.noise(self.model_cfg, 1, torch.Generator(), "cpu").shape[1:]
+        parts = [name for name in self.inputs() if name != "labels"]
+        first = tuple(self.inputs()[parts[0]][1:])
+        z = read_npy(path, "--latents")
+        if z.ndim < 2 or tuple(z.shape[1:]) not in (first, tuple(whole)) or not len(z):
+            want = f"(N, {', '.join(map(str, first))})"
+            if first != tuple(whole):
+                want += f" ({parts[0]} alone) or (N, {', '.join(map(str, whole))}) "
+                want += f"({', '.join(parts)} side by side)"
+            raise GankitError(f"--latents {path} must be {want} with N >= 1, got shape {z.shape}")
+        if z.dtype.kind != "f":
+            raise GankitError(f"--latents {path} must hold floats, got {z.dtype}")
+        z = torch.from_numpy(z.astype(np.float32))
+        if not torch.isfinite(z).all():
+            raise GankitError(f"--latents {path} holds NaN or infinite values (as float32)")
+        if z.shape[1:] != whole:  # the other parts: drawn from the seed as without --latents
+            drawn = self.family.noise(self.model_cfg, len(z), torch.Generator().manual_seed(seed))
+            z = torch.cat([z, drawn[:, first[0] :]], dim=1)
+        k = len(self.classes)
+        if not k:
+            if labels_path is not None:
+                raise GankitError("this run's generator is unconditional: it takes no --labels")
+            return z, None
+        if labels_path is None:
+            raise GankitError(
+                f"this run's generator is conditional ({k} classes): --latents needs "
+                f"--labels FILE.npy, one class index per latent"
+            )
+        y = read_npy(labels_path, "--labels")
+        if y.ndim != 1 or y.dtype.kind not in "iu":
+            raise GankitError(
+                f"--labels {labels_path} must be ({len(z)},) whole numbers (class indices), "
+                f"got shape {y.shape} {y.dtype}"
+            )
+        if len(y) != len(z):
+            raise GankitError(
+                f"--labels {labels_path} holds {len(y)} labels for {len(z)} latents: "
+                f"need one per latent"
+            )
+        bad = y[(y < 0) | (y >= k)]
+        if len(bad):
+            raise GankitError(f"class {bad[0]} does not exist: this run has classes 0..{k - 1}")
+        return z, torch.from_numpy(y.astype(np.int64))
 
     def labels(self, n: int, classes: list[int] | None = None) -> torch.Tensor | None:
         """Labels for n samples: `classes` (default: all) in equal blocks, in the order given;
@@ -198,14 +267,6 @@ def save_npz(path: str | Path, images: torch.Tensor, **arrays: np.ndarray) -> No
     files.write_with(
         Path(path), lambda tmp: np.savez_compressed(tmp, images=images.numpy(), **arrays)
     )
-
-
-def save_grid(path: str | Path, images: torch.Tensor, nrow: int) -> None:
-    """A PNG grid of uint8 images, nrow per row, written atomically like `save_npz`."""
-    from torchvision.utils import save_image  # slow to import: only when a grid is written
-
-    grid = images.float() / 255.0
-    files.write_with(Path(path), lambda tmp: save_image(grid, tmp, nrow=nrow, padding=2))
 
 
 def check_device(name: str) -> torch.device:

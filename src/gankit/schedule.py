@@ -2,6 +2,7 @@
 
     learning rates   1 until the final `lr_decay` fraction of the run, then -> 0
     instance noise   1 at step 0, falling from the start -> 0
+    R1 / R2 weights  1 at step 0, falling from the start -> train.gamma_final
 
 A schedule is a `Ramp` (value, start, end), saved in the checkpoint, so that
 extending a run (`gankit train --resume RUN --steps N`) is continuous: the new
@@ -48,6 +49,12 @@ def lr_ramp(steps: int, decay: float) -> Ramp:
     the last update; decay 0 = constant."""
     fall = round(decay * steps)
     return Ramp(1.0, steps - fall if fall else steps, steps)
+
+
+def gamma_ramp(steps: int) -> Ramp:
+    """The R1/R2 weights' fall (R3GAN decays gamma): the factor on them is
+    gamma_final + (1 - gamma_final) x this ramp, from 1 at step 0 to gamma_final at the end."""
+    return Ramp(1.0, 0, steps)
 
 
 def noise_ramp(steps: int) -> Ramp:

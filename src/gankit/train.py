@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as torch_dist
-from torchvision.utils import save_image
 
 from gankit import checkpoint as ckpt
 from gankit import distributed, files
@@ -47,9 +46,10 @@ from gankit.distributed import Dist
 from gankit.errors import GankitError
 from gankit.evaluate import Evaluator, append_jsonl, badness, timestamp
 from gankit.game import GameSettings, add_ema, make_optimizers, sampling_nets
+from gankit.grids import save_grid as save_uint8_grid
 from gankit.metrics.diversity import diversity
 from gankit.models import MODELS, is_conditional
-from gankit.schedule import Ramp, lr_ramp, noise_ramp
+from gankit.schedule import Ramp, gamma_ramp, lr_ramp, noise_ramp
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -116,6 +116,7 @@ class Run:
     fixed_labels: torch.Tensor | None
     lr_ramp: Ramp  # the learning rates' schedule (gankit.schedule)
     noise_ramp: Ramp  # instance noise's
+    gamma_ramp: Ramp  # the R1 and R2 weights'
     fingerprint: str  # the training data's digest
     run_dir: Path = Path(".")  # only rank 0 writes into it
     step: int = 0
@@ -184,7 +185,11 @@ class Run:
             },
             "world_size": self.dist.world_size,
             "best": self.best,
-            "schedules": {"lr": self.lr_ramp.to_list(), "noise": self.noise_ramp.to_list()},
+            "schedules": {
+                "lr": self.lr_ramp.to_list(),
+                "noise": self.noise_ramp.to_list(),
+                "gamma": self.gamma_ramp.to_list(),
+            },
             "guard": {
                 "lr_factor": self.lr_factor,
                 "rollbacks": self.rollbacks,
@@ -230,6 +235,8 @@ class Run:
             steps, t.steps, round(t.lr_decay * t.steps)
         )
         self.noise_ramp = Ramp.from_list(ramps["noise"]).extended(steps, t.steps, t.steps)
+        gamma = ramps.get("gamma") or gamma_ramp(before["steps"]).to_list()
+        self.gamma_ramp = Ramp.from_list(gamma).extended(steps, t.steps, t.steps)
         guard = meta.get("guard", {})
         self.lr_factor = float(guard.get("lr_factor", 1.0))
         self.rollbacks = int(guard.get("rollbacks", 0))
@@ -359,6 +366,7 @@ def build_run(
         grid_labels(t.n_fixed, data.num_classes, device) if conditional else None,
         lr_ramp(t.steps, t.lr_decay),
         noise_ramp(t.steps),
+        gamma_ramp(t.steps),
         data.fingerprint(),
         run_dir,
     )
@@ -367,6 +375,7 @@ def build_run(
         real_target=1.0 - t.label_smoothing,
         gp_weight=t.gp_weight,
         r1=t.r1,
+        r2=t.r2,
         aux_weight=t.aux_weight,
         aux_fakes=t.aux_fakes,
         augment=parse_policy(t.augment),
@@ -642,8 +651,8 @@ class Grids:
 
 
 def save_grid(images: torch.Tensor, path: Path) -> None:
-    """A PNG grid of round(sqrt(N)) columns, written atomically."""
-    files.write_with(path, lambda tmp: save_image(images, tmp, nrow=_nrow(images.shape[0])))
+    """A PNG grid of images in [0, 1], round(sqrt(N)) columns, written atomically."""
+    save_uint8_grid(path, to_uint8(images * 2 - 1), _nrow(images.shape[0]))
 
 
 class Evaluation:
@@ -866,6 +875,9 @@ def _loop(run: Run, evaluator, game: GameSettings, book: Logbook, start: int, lo
             run.learning_rates()
             if t.instance_noise:
                 game = replace(game, instance_noise=t.instance_noise * run.noise_ramp(run.step))
+            if t.gamma_final < 1 and (t.r1 or t.r2):
+                f = t.gamma_final + (1 - t.gamma_final) * run.gamma_ramp(run.step)
+                game = replace(game, r1=t.r1 * f, r2=t.r2 * f)
             out = run.family.step(
                 run.nets, run.opts, batches, run.z_fn, game, train_g=run.step >= t.d_warmup
             )

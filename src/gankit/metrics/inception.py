@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from gankit.data import to_uint8
-from gankit.errors import GankitError
+from gankit.errors import GankitError, require
 
 
 class _UInt8Images(torch.utils.data.Dataset):
@@ -61,12 +61,7 @@ def inception_metrics(
     and N is as large as the papers use (typically 50,000 fakes).
     """
     state = load_weights(weights_path)
-    try:
-        import torch_fidelity
-    except ImportError:
-        raise GankitError(
-            "Inception metrics need torch-fidelity: pip install -e '.[inception]'"
-        ) from None
+    torch_fidelity = require("torch_fidelity", "inception", "Inception metrics")
     with tempfile.TemporaryDirectory() as tmp:
         clean = Path(tmp) / "inception.pt"
         torch.save(state, clean)  # tensors only: safe for torch-fidelity's own loader

@@ -15,13 +15,20 @@ initialize(cfg, nets, log)              start from another run's weights (SRGAN)
 fixed_inputs(cfg, data, n, device)      what the progress grids feed G, instead of noise
 upscale / log_likelihood / pyramid_samples: what `gankit upscale`, the VAE's
 likelihood in `gankit eval` and `gankit sample --pyramid` use
+input_shapes(cfg, img_shape)            {name: shape} of what `generate` takes, side by side
+                                        along dim 1 (default: {"z": (batch, nz)}); names
+                                        the inputs of `gankit export` and `sample --latents`
+
+`generate` uses only the networks named G or G<k> (G0, G1, ...): `gankit export`
+packs those, with G's moving average (G_ema) in G's place when the run keeps one.
 """
 
-from gankit.models import dcgan, lapgan, mlp, srgan, vae
+from gankit.models import dcgan, lapgan, mlp, r3gan, srgan, vae
 
 MODELS = {
     "mlp": mlp,
     "dcgan": dcgan,
+    "r3gan": r3gan,
     "lapgan": lapgan,
     "srgan": srgan,
     "vae": vae,

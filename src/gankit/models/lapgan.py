@@ -226,6 +226,12 @@ def noise(
     return torch.randn(n, cfg.levels * cfg.nz, generator=generator, device=device)
 
 
+def input_shapes(cfg: Config, img_shape: tuple[int, int, int]) -> dict[str, tuple]:
+    """The parts of the latent, named: z (the coarse level's) and noise1 .. noise{L-1}, each
+    (batch, nz); side by side along dim 1 they are `noise`'s (n, levels * nz)."""
+    return {"z" if k == 0 else f"noise{k}": ("batch", cfg.nz) for k in range(cfg.levels)}
+
+
 def _levels(nets: dict[str, nn.Module]) -> int:
     return sum(name.startswith("G") and name[1:].isdigit() for name in nets)
 

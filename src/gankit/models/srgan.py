@@ -93,6 +93,10 @@ def check(cfg: Config, train_cfg) -> None:
         raise GankitError("eval_every scores samples of noise; score SR runs with gankit eval RUN")
     if train_cfg.ema:
         raise GankitError("train.ema is not supported by the srgan family")
+    if GAN_LOSSES[train_cfg.loss].relativistic:
+        raise GankitError(
+            f"srgan's adversarial term takes a loss of D(G(LR)) alone, not {train_cfg.loss}"
+        )
     if cfg.stage == "srresnet" and (cfg.init or cfg.pretrain_steps):
         raise GankitError("init and pretrain_steps belong to stage srgan")
     if cfg.stage == "srresnet" and cfg.vgg19_weights:
@@ -331,6 +335,11 @@ def noise(cfg: Config, n: int, generator: torch.Generator, device="cpu") -> Tens
     raise GankitError(
         "a super-resolution run upscales images, it does not sample noise: use gankit upscale"
     )
+
+
+def input_shapes(cfg: Config, img_shape: tuple[int, int, int]) -> dict[str, tuple]:
+    """G's one input: LR images in [-1, 1] of any size, (batch, C, height, width)."""
+    return {"lr": ("batch", img_shape[0], "height", "width")}
 
 
 def generate(nets: dict[str, nn.Module], lr: Tensor, labels: Tensor | None = None) -> Tensor:

@@ -1,0 +1,220 @@
+"""R3GAN's backbone (Huang, Gokaslan, Kuleshov & Tompkin 2024, "The GAN is dead; long live
+the GAN! A modern GAN baseline"), at a small scale.
+
+The paper pairs a relativistic loss with both zero-centred penalties (`--loss rpgan --r1 G
+--r2 G`, gankit.losses) and shows that this loss trains a plain modern ConvNet without
+the tricks earlier GANs needed: no normalisation layers, no mapping network, no
+minibatch statistics. The network is a ResNet of inverted bottlenecks:
+
+    block(x) = x + conv1x1(lrelu(gconv3x3(lrelu(conv1x1(x)))))   # C -> C*e -> C*e -> C
+
+The 3 x 3 convolution is grouped (group_width channels a group). The last layer of each
+block starts at zero and the other two are scaled by L^(-1/4) for L blocks in the
+network (Fix-up), so a deep net starts as the identity. Resampling filters with
+[1, 2, 1] (x) [1, 2, 1] / 16 (blur, then stride 2; zero-stuffing, then blur); 1 x 1
+convolutions change the width between resolutions.
+
+With img_size 28 (base 7, two doublings), ngf = ndf = 32:
+
+    G: z (B, nz) -> Linear -> x basis (128, 7, 7)      # a learned 7 x 7 basis, z scales it
+       -> blocks -> conv1x1 -> up     # (B, 64, 14, 14)
+       -> blocks -> conv1x1 -> up     # (B, 32, 28, 28)
+       -> blocks -> conv1x1           # (B, C, 28, 28), clamped to [-1, 1] when sampling
+    D: x (B, C, 28, 28) -> conv1x1    # (B, 32, 28, 28)
+       -> blocks -> down -> conv1x1   # (B, 64, 14, 14)
+       -> blocks -> down -> conv1x1   # (B, 128, 7, 7)
+       -> blocks -> depthwise 7 x 7   # (B, 128): the basis read back
+       -> Linear                      # logit (B,) (+ projection of the label)
+
+Sizes 32 and 64 start from a 4 x 4 basis. G has no output Tanh (as in the paper): its
+images are clamped to [-1, 1] when sampled, and D sees them as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gankit.errors import GankitError
+from gankit.game import adversarial_step
+from gankit.models.layers import (
+    Head,
+    LabelledLatent,
+    check_conditioning,
+    gaussian_noise,
+    label_count,
+    one_hot,
+)
+
+
+@dataclass
+class Config:
+    family: str = "r3gan"
+    nz: int = 64  # size of the latent z ~ N(0, I)
+    ngf: int = 32  # G's width at full resolution, doubling towards the basis (up to max_width)
+    ndf: int = 32  # D's width at full resolution, doubling with depth (up to max_width)
+    max_width: int = 256  # cap on any stage's width
+    blocks: int = 1  # residual blocks at each resolution, in G and in D
+    expansion: int = 2  # the inverted bottleneck's widening e: C -> C*e -> C
+    group_width: int = 16  # channels per group of the 3 x 3 convolution
+    leak: float = 0.2  # negative slope of the leaky ReLUs
+    cond: str = "none"  # labels: none | concat | projection | acgan (see gankit.models.layers)
+    embed_dim: int = 32  # size of G's label embedding (conditional only)
+
+    def __post_init__(self):
+        check_conditioning(self.cond, self.embed_dim)
+        if min(self.nz, self.ngf, self.ndf, self.max_width, self.blocks, self.expansion) < 1:
+            raise ValueError("nz, ngf, ndf, max_width, blocks and expansion must be >= 1")
+        if self.group_width < 1:
+            raise ValueError(f"group_width must be >= 1, got {self.group_width}")
+
+
+def layout(img_size: int) -> tuple[int, int]:
+    """(base, n) with img_size = base * 2^n: the basis is base x base, then n doublings."""
+    base, n = img_size, 0
+    while base % 2 == 0 and base > 7:
+        base, n = base // 2, n + 1
+    if n < 1 or not 3 <= base <= 7:
+        raise GankitError(
+            f"r3gan needs an image size of base * 2^n with base 3..7 and n >= 1 "
+            f"(28, 32, 64, ...), got {img_size}: set data.img_size"
+        )
+    return base, n
+
+
+def widths(width: int, cap: int, n: int) -> list[int]:
+    """Channels at each resolution from the basis (index 0) to the image (index n)."""
+    return [min(width * 2 ** (n - i), cap) for i in range(n + 1)]
+
+
+class Resample(nn.Module):
+    """x2 up or down with the [1, 2, 1] (x) [1, 2, 1] / 16 filter, channel by channel."""
+
+    def __init__(self, channels: int, up: bool):
+        super().__init__()
+        taps = torch.tensor([1.0, 2.0, 1.0])
+        kernel = (torch.outer(taps, taps) / 16).expand(channels, 1, 3, 3)
+        self.up, self.channels = up, channels
+        # zero-stuffing then blurring halves the mean twice over: x4 keeps it
+        kernel = 4 * kernel if up else kernel
+        self.register_buffer("kernel", kernel.contiguous(), persistent=False)  # fixed: no weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        k, c = self.kernel.to(x.dtype), self.channels
+        if self.up:  # zero-stuff to 2x, then blur
+            return F.conv_transpose2d(x, k, stride=2, padding=1, output_padding=1, groups=c)
+        return F.conv2d(x, k, stride=2, padding=1, groups=c)  # blur, keep every second pixel
+
+
+class Block(nn.Module):
+    """x + conv1x1(lrelu(gconv3x3(lrelu(conv1x1(x))))), the last layer starting at zero."""
+
+    def __init__(self, c: int, expansion: int, group_width: int, leak: float, scale: float):
+        super().__init__()
+        hidden = c * expansion
+        groups = hidden // group_width if hidden % group_width == 0 else 1
+        self.widen = nn.Conv2d(c, hidden, 1)
+        self.mix = nn.Conv2d(hidden, hidden, 3, padding=1, groups=groups)
+        self.narrow = nn.Conv2d(hidden, c, 1)
+        self.act = nn.LeakyReLU(leak)
+        for conv in (self.widen, self.mix):  # He initialisation, scaled down (Fix-up)
+            nn.init.kaiming_normal_(conv.weight, a=leak, nonlinearity="leaky_relu")
+            conv.weight.data.mul_(scale)
+            nn.init.zeros_(conv.bias)
+        nn.init.zeros_(self.narrow.weight)  # the block starts as the identity
+        nn.init.zeros_(self.narrow.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.narrow(self.act(self.mix(self.act(self.widen(x)))))
+
+
+def stage(c: int, cfg: Config, scale: float) -> nn.Sequential:
+    return nn.Sequential(
+        *(Block(c, cfg.expansion, cfg.group_width, cfg.leak, scale) for _ in range(cfg.blocks))
+    )
+
+
+def conv1x1(c_in: int, c_out: int) -> nn.Conv2d:
+    conv = nn.Conv2d(c_in, c_out, 1)
+    nn.init.kaiming_normal_(conv.weight, nonlinearity="linear")
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class Generator(nn.Module):
+    def __init__(
+        self,
+        cfg: Config,
+        img_shape: tuple[int, int, int],
+        num_classes: int = 0,  # 0 = unconditional
+    ):
+        super().__init__()
+        base, n = layout(img_shape[1])
+        c = widths(cfg.ngf, cfg.max_width, n)
+        scale = (2 * cfg.blocks * (n + 1)) ** -0.25  # L = every block of G and D
+        self.input = LabelledLatent(num_classes, cfg.embed_dim)
+        self.project = nn.Linear(cfg.nz + self.input.extra, c[0])
+        self.basis = nn.Parameter(torch.randn(c[0], base, base))  # scaled per sample by z
+        layers = []
+        for i in range(n + 1):
+            layers.append(stage(c[i], cfg, scale))
+            if i < n:  # narrow at the low resolution, then up: the cheaper order
+                layers += [conv1x1(c[i], c[i + 1]), Resample(c[i + 1], up=True)]
+        layers.append(conv1x1(c[n], img_shape[0]))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        h = self.project(self.input(z, labels))  # (B, c0)
+        return self.net(self.basis * h[:, :, None, None])  # (B, c0, b, b) -> (B, C, H, W)
+
+
+class Discriminator(nn.Module):
+    def __init__(
+        self,
+        cfg: Config,
+        img_shape: tuple[int, int, int],
+        num_classes: int = 0,  # 0 = unconditional
+    ):
+        super().__init__()
+        base, n = layout(img_shape[1])
+        c = widths(cfg.ndf, cfg.max_width, n)
+        scale = (2 * cfg.blocks * (n + 1)) ** -0.25
+        self.planes = num_classes if cfg.cond == "concat" else 0  # one-hot label planes
+        layers = [conv1x1(img_shape[0] + self.planes, c[n])]
+        for i in range(n, -1, -1):
+            layers.append(stage(c[i], cfg, scale))
+            if i > 0:  # down at the wide channel count's cheaper side: before widening
+                layers += [Resample(c[i], up=False), conv1x1(c[i], c[i - 1])]
+        self.net = nn.Sequential(*layers)
+        self.basis = nn.Conv2d(c[0], c[0], base, groups=c[0])  # depthwise: (b, b) -> (1, 1)
+        self.act = nn.LeakyReLU(cfg.leak)
+        self.head = Head(c[0], num_classes, cfg.cond)
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        if self.planes:
+            planes = one_hot(labels, self.planes)[:, :, None, None]  # (B, K, 1, 1)
+            x = torch.cat([x, planes.expand(-1, -1, *x.shape[2:])], dim=1)
+        h = self.basis(self.net(x)).flatten(1)  # (B, c0)
+        return self.head(self.act(h), labels)  # (B,) logits [, (B, K) class logits]
+
+
+def build(
+    cfg: Config, img_shape: tuple[int, int, int], num_classes: int = 0
+) -> dict[str, nn.Module]:
+    """The players, G and D, for images of shape (C, H, W) and `num_classes` labels."""
+    if len(img_shape) != 3 or img_shape[1] != img_shape[2]:
+        raise GankitError(f"r3gan needs square images (C, H, H), got shape {tuple(img_shape)}")
+    k = label_count(cfg.cond, num_classes)
+    return {"G": Generator(cfg, img_shape, k), "D": Discriminator(cfg, img_shape, k)}
+
+
+noise = gaussian_noise  # z ~ N(0, I), (n, nz)
+step = adversarial_step  # the standard alternating D/G game (with --loss rpgan: R3GAN's)
+
+
+def generate(nets: dict[str, nn.Module], z: Tensor, labels: Tensor | None = None) -> Tensor:
+    """Images in [-1, 1]: G has no output Tanh, so its images are clamped here."""
+    return nets["G"](z, labels).clamp(-1, 1)
