@@ -234,7 +234,16 @@ CONFIG_CASES = {
         train("--config", "dcgan-mnsit"),
         "config 'dcgan-mnsit' is neither a file nor a preset; presets: acgan-mnist, cgan-mnist",
     ),
-    "preset-path-elsewhere": (train("--config", "elsewhere/mlp-mnist.yaml"), "neither a file"),
+    "preset-path-elsewhere": (train("--config", "elsewhere/mlp-mnist.yaml"), "does not exist"),
+    "config-empty": (train("--config", ""), "--config is empty"),
+    "r2-on-srgan": (train("--family", "srgan", "--r2", "1"), "R1/R2 penalties do not apply"),
+    "rpgan-on-srgan": (train("--family", "srgan", "--loss", "rpgan"), "not rpgan"),
+    "r2-on-vae": (train("--family", "vae", "--r2", "1"), "train.r2 belongs to the adversarial"),
+    "ema-kimg-on-lapgan": (train("--family", "lapgan", "--ema-kimg", "5"), "--ema-kimg"),
+    "r3gan-groups": (
+        train("--family", "r3gan", "--model.group-width", "48"),
+        "ngf 32 x expansion 2 = 64 channels do not split into groups of group_width 48",
+    ),
     "resume-and-config": (
         lambda tmp: ["train", "--resume", tmp, "--config", "x.yaml"],
         "drop --config",

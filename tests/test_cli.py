@@ -94,7 +94,7 @@ def test_dry_run_prints_resolved_config(capsys):
         (["train", "--lr-d", "abc"], "train.lr_d"),
         (["train", "--steps"], "expected one argument"),
         (["train", "--lr-d"], "needs a value"),
-        (["train", "--config", "/nonexistent.yaml"], "neither a file nor a preset"),
+        (["train", "--config", "/nonexistent.yaml"], "does not exist (presets go by name: "),
         (["train", "--resume", "/nonexistent/run"], "does not exist"),
         (["train", "--data.dataset", "cifar10", "--data.root", "/nonexistent"], "never downloads"),
         (

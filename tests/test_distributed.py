@@ -129,7 +129,7 @@ def cut_back(run: Path, to: Path, step: int) -> None:
 
 def test_resume_keeps_the_stream_at_any_world_size(runs, tmp_path):
     root, _ = runs
-    for name in ("a", "b"):  # the 2-process run as a --steps 10 run would have left it
+    for name in ("a", "b"):  # the 2-process 20-step run as it stood at step 10
         cut_back(root / "two", tmp_path / name, 10)
     assert ckpt.read_meta(last_checkpoint(tmp_path / "a"))["step"] == 10
     # At the same world size, resume is bit-identical to the uninterrupted run.
@@ -359,6 +359,11 @@ FAMILIES = {
         "batch_size": "4", "device": "cpu",
     },
     "vae": {"family": "vae", "device": "cpu", "batch_size": "32"},
+    "r3gan-rpgan-r1-r2-projection": {
+        "family": "r3gan", "model.ngf": "8", "model.ndf": "8", "cond": "projection",
+        "loss": "rpgan", "r1": "0.1", "r2": "0.1", "gamma_final": "0.5", "ema_kimg": "1",
+        "device": "cpu", "batch_size": "32",
+    },
 }  # fmt: skip
 
 

@@ -245,39 +245,51 @@ def test_r2_penalty_is_the_squared_gradient_norm_at_the_fakes():
     assert [v.item() for v in both] == pytest.approx([18.0, 20.0])  # one backward, each its own
 
 
-def rpgan_by_hand(G, D, real, z, gamma, lr):
-    """R3GAN's game written out with plain SGD: D on softplus(-(D(x) - D(G(z)))) + gamma/2 (R1
-    + R2), then G on softplus(-(D(G(z)) - D(x))) with D as it is after its step."""
+def rpgan_by_hand(G, D, reals, zs, gamma, lr):
+    """R3GAN's game written out with plain SGD: per real batch, D on
+    softplus(-(D(x) - D(G(z)))) + gamma/2 (R1 + R2); then G on softplus(-(D(G(z)) - D(x)))
+    for the last batch, with D as it is after its steps (reals, then fakes: one forward each)."""
     opt_d, opt_g = torch.optim.SGD(D.parameters(), lr), torch.optim.SGD(G.parameters(), lr)
-    x = real.clone().requires_grad_(True)
-    x_fake = G(z).detach().requires_grad_(True)
-    s_real, s_fake = D(x), D(x_fake)
-    (g_real,) = torch.autograd.grad(s_real.sum(), x, create_graph=True)
-    (g_fake,) = torch.autograd.grad(s_fake.sum(), x_fake, create_graph=True)
-    r1, r2 = g_real.square().sum(1).mean(), g_fake.square().sum(1).mean()
-    d_loss = F.softplus(-(s_real - s_fake)).mean() + gamma / 2 * (r1 + r2)
-    opt_d.zero_grad()
-    d_loss.backward()
-    opt_d.step()
-    g_loss = F.softplus(-(D(G(z)) - D(real).detach())).mean()
+    for real, z in zip(reals, zs, strict=True):
+        x = real.clone().requires_grad_(bool(gamma))
+        x_fake = G(z).detach().requires_grad_(bool(gamma))
+        s_real, s_fake = D(x), D(x_fake)
+        d_loss = F.softplus(-(s_real - s_fake)).mean()
+        if gamma:
+            (g_real,) = torch.autograd.grad(s_real.sum(), x, create_graph=True)
+            (g_fake,) = torch.autograd.grad(s_fake.sum(), x_fake, create_graph=True)
+            r1, r2 = g_real.square().sum(1).mean(), g_fake.square().sum(1).mean()
+            d_loss = d_loss + gamma / 2 * (r1 + r2)
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+    s_real = D(reals[-1]).detach()
+    g_loss = F.softplus(-(D(G(zs[-1])) - s_real)).mean()
     opt_g.zero_grad()
     g_loss.backward()
     opt_g.step()
 
 
-def test_the_rpgan_step_with_r1_and_r2_is_r3gans_game():
+@pytest.mark.parametrize(
+    "n_critic, batchnorm, gamma",
+    [(1, False, 0.5), (2, False, 0.5), (2, True, 0.0)],
+    ids=["joint-r1-r2", "two-d-steps", "batchnorm"],
+)
+def test_the_rpgan_step_is_r3gans_game(n_critic, batchnorm, gamma):
     gen = torch.Generator().manual_seed(0)
-    real, z = torch.rand(8, 6, generator=gen) * 2 - 1, torch.randn(8, 4, generator=gen)
+    reals = [torch.rand(8, 6, generator=gen) * 2 - 1 for _ in range(n_critic)]
+    zs = [torch.randn(8, 4, generator=gen) for _ in range(n_critic)]
     torch.manual_seed(0)
-    nets = {"G": TinyG(), "D": TinyD()}
+    nets = {"G": TinyG(), "D": TinyD(batchnorm)}
     ref = {k: copy.deepcopy(v) for k, v in nets.items()}
     start = snapshot(nets)
     opts = {k: torch.optim.SGD(v.parameters(), lr=0.1) for k, v in nets.items()}
-    game = GameSettings(loss="rpgan", r1=0.5, r2=0.5)
-    out = adversarial_step(nets, opts, [(real, None)], lambda n: z, game)
-    rpgan_by_hand(ref["G"], ref["D"], real, z, gamma=0.5, lr=0.1)
-    assert all_moved(start, nets) and float(out["loss/r2"]) > 0
-    for name in ("G", "D"):
+    draws = iter(zs)
+    game = GameSettings(loss="rpgan", r1=gamma, r2=gamma)
+    out = adversarial_step(nets, opts, [(r, None) for r in reals], lambda n: next(draws), game)
+    rpgan_by_hand(ref["G"], ref["D"], reals, zs, gamma=gamma, lr=0.1)
+    assert all_moved(start, nets) and (not gamma or float(out["loss/r2"]) > 0)
+    for name in ("G", "D"):  # weights, and BatchNorm's running statistics
         for key, value in nets[name].state_dict().items():
             torch.testing.assert_close(value, ref[name].state_dict()[key], msg=f"{name}.{key}")
 

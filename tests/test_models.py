@@ -1,9 +1,12 @@
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from gankit.errors import GankitError
 from gankit.models import MODELS, dcgan, mlp, r3gan
+from gankit.models.layers import layout
 
 SHAPES = [(1, 28, 28), (3, 32, 32), (3, 64, 64)]
 CONDS = ["none", "concat", "projection", "acgan"]
@@ -67,7 +70,7 @@ def test_dcgan_follows_the_paper():
 
 @pytest.mark.parametrize("size, depth", [(28, 2), (32, 3), (48, 3), (64, 4)])
 def test_dcgan_depth_follows_the_image_size(size, depth):
-    assert dcgan.layout(size)[1] == depth
+    assert layout(size, "DCGAN")[1] == depth
     G = dcgan.build(dcgan.Config(), (3, size, size))["G"]
     assert sum(isinstance(m, nn.ConvTranspose2d) for m in G.modules()) == depth + 1
 
@@ -145,22 +148,25 @@ def test_r3gan_follows_the_paper():
         assert block.mix.groups == block.mix.in_channels // 16
         x = torch.randn(2, block.widen.in_channels, 7, 7)
         assert torch.equal(block(x), x)
-    # Fix-up: the first two layers of each block shrink as the network deepens
-    deep = r3gan.build(r3gan.Config(ngf=16, ndf=16, blocks=8), (1, 28, 28))["G"]
-    std = [next(m for m in g.modules() if isinstance(m, r3gan.Block)).widen.weight.std().item()
-           for g in (G, deep)]  # fmt: skip
-    assert std[1] / std[0] == pytest.approx((8 / 2) ** -0.25, rel=0.1)
+    # Fix-up: He's std for the first two layers, times L^(-1/4) for the L blocks of G (6)
+    widen = next(m for m in G.modules() if isinstance(m, r3gan.Block)).widen  # 64 -> 128, 1 x 1
+    he = math.sqrt(2 / (1 + 0.2**2)) / math.sqrt(64)
+    assert widen.weight.std().item() == pytest.approx(he * 6**-0.25, rel=0.05)
 
 
-def test_r3gan_resamples_with_the_121_filter():
-    flat = torch.ones(1, 2, 8, 8)
+def test_r3gan_resamples_centred_with_r3gans_filter():
+    x = torch.randn(1, 2, 8, 8)
     down, up = r3gan.Resample(2, up=False), r3gan.Resample(2, up=True)
-    assert down(flat).shape == (1, 2, 4, 4) and up(flat).shape == (1, 2, 16, 16)
-    assert torch.allclose(down(flat)[..., 1:, 1:], torch.ones(1, 2, 3, 3))  # a flat image stays
-    assert torch.allclose(up(flat)[..., 1:-1, 1:-1], torch.ones(1, 2, 14, 14))  # flat (inside)
+    assert down(x).shape == (1, 2, 4, 4) and up(x).shape == (1, 2, 16, 16)
+    for resample in (down, up):  # centred: mirroring the image mirrors the result, borders too
+        for dims in ((-1,), (-2,)):
+            torch.testing.assert_close(resample(x.flip(dims)), resample(x).flip(dims))
+    flat = torch.ones(1, 2, 8, 8)
+    assert torch.allclose(down(flat)[..., 1:-1, 1:-1], torch.ones(1, 2, 2, 2))  # mean kept
+    assert torch.allclose(up(flat)[..., 1:-1, 1:-1], torch.ones(1, 2, 14, 14))
     impulse = torch.zeros(1, 2, 8, 8)
     impulse[0, 0, 4, 4] = 16.0
-    assert down(impulse)[0, 0, 2, 1:4].tolist() == [0.0, 4.0, 0.0]  # 16 x the filter's centre
-    # zero-stuffed, then 4 x the filter: the impulse at 4 lands at 8, spread [1, 2, 1] / 2
-    assert up(impulse)[0, 0, 8, 7:10].tolist() == [8.0, 16.0, 8.0]
-    assert up(impulse)[0, 0, 7, 7:10].tolist() == [4.0, 8.0, 4.0]
+    # down: output 2 reads inputs 3..6 ([1, 3, 3, 1] / 8: 3/8 on 4), output 1 reads 1..4 (1/8)
+    assert down(impulse)[0, 0, 1:3, 1:3].tolist() == [[0.25, 0.75], [0.75, 2.25]]
+    # up: input 4 lands on outputs 7..10 with 2 x [1, 3, 3, 1] / 8 along each axis (x4 in all)
+    assert up(impulse)[0, 0, 8, 6:12].tolist() == [0.0, 3.0, 9.0, 9.0, 3.0, 0.0]

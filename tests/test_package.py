@@ -37,12 +37,18 @@ HIDDEN = (
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory) -> Path:
     out, tree = tmp_path_factory.mktemp("dist"), tmp_path_factory.mktemp("tree")
-    # A copy as a fresh clone has it: an egg-info left by an editable install would
-    # feed its old file list into the sdist, hiding a missing package-data entry.
-    junk = shutil.ignore_patterns("*.egg-info", "__pycache__")
-    shutil.copytree(ROOT / "src", tree / "src", ignore=junk)
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, tree / name)
+    # The checkout's files as a fresh clone has them (tests/ and bench/ too): an egg-info
+    # left by an editable install would feed its old file list into the sdist, hiding a
+    # missing package-data entry.
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert "tests/test_package.py" in listed and "bench/zoo.py" in listed
+    for name in listed:
+        if (ROOT / name).is_file():  # a file deleted but not yet committed is listed too
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / name, tree / name)
     built = subprocess.run(
         [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(tree)],
         capture_output=True,

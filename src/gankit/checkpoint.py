@@ -64,11 +64,27 @@ def read(path: Path, names: tuple[str, ...] | None = None) -> tuple[dict[str, to
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("gankit", "null"))
+            _check_header(path, meta)  # before any tensor: a newer format may not parse
             keys = [k for k in f.keys() if names is None or k.split(".", 1)[0] in names]
             tensors = {k: f.get_tensor(k) for k in keys}
     except (SafetensorError, OSError, ValueError) as e:  # JSONDecodeError is a ValueError
         _refuse_pickle(path)
         raise GankitError(f"checkpoint {path} is corrupt or truncated ({_first_line(e)})") from None
+    if "step" in meta:
+        _whole(meta["step"], "step", path)
+    saved = meta.get("digests")
+    if isinstance(saved, dict):  # checkpoints of gankit before digests have none
+        for group, digest in digests(tensors).items():
+            if saved.get(group, digest) != digest:
+                raise GankitError(
+                    f"checkpoint {path} is corrupt: its {group} tensors do not match their "
+                    "digest (a flipped bit, or an edited file)"
+                )
+    return tensors, meta
+
+
+def _check_header(path: Path, meta) -> None:
+    """A gankit checkpoint of a format this gankit reads, or one line saying why not."""
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise GankitError(f"{path} is not a gankit checkpoint (no gankit metadata in its header)")
     version = meta.get("version", 0)
@@ -81,17 +97,6 @@ def read(path: Path, names: tuple[str, ...] | None = None) -> tuple[dict[str, to
             f"checkpoint {path} has format version {version}{by}; gankit {__version__} reads "
             f"format <= {VERSION}: upgrade gankit to load it"
         )
-    if "step" in meta:
-        _whole(meta["step"], "step", path)
-    saved = meta.get("digests")
-    if isinstance(saved, dict):  # checkpoints of gankit before digests have none
-        for group, digest in digests(tensors).items():
-            if saved.get(group, digest) != digest:
-                raise GankitError(
-                    f"checkpoint {path} is corrupt: its {group} tensors do not match their "
-                    "digest (a flipped bit, or an edited file)"
-                )
-    return tensors, meta
 
 
 def _refuse_pickle(path: Path) -> None:

@@ -332,7 +332,7 @@ def cmd_train(args, extra: list[str], argv: list[str]) -> int:
             raise GankitError(f"run folder {run_dir} does not exist or has no config.yaml")
         base = load_yaml(run_dir / "config.yaml")
     else:
-        base = load_yaml(find_config(args.config)) if args.config else {}
+        base = load_yaml(find_config(args.config)) if args.config is not None else {}
     cfg = from_dict(apply_overrides(base, overrides))
     check_train(args, cfg)
     if args.dry_run:

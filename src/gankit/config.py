@@ -74,7 +74,7 @@ class TrainConfig:
     aux_weight: float = 1.0  # weight of ACGAN's class loss (model.cond acgan only)
     aux_fakes: bool = True  # ACGAN: D's class loss also on fakes (the paper); false = reals only
     ema: float = 0.0  # decay of a moving average of G's weights used to sample; 0 = off
-    ema_kimg: float = 0.0  # the EMA's half-life in thousands of images; > 0 sets ema from it
+    ema_kimg: float = 0.0  # the EMA's half-life in thousands of images; > 0 sets ema (0 = off)
     augment: str = ""  # DiffAugment policy, e.g. "color,translation,cutout"; "" = off
     instance_noise: float = 0.0  # std of noise added to D's inputs, annealed to 0; 0 = off
     amp: str = "none"  # none | bf16: steps under bfloat16 autocast; weights stay float32
@@ -100,7 +100,8 @@ class TrainConfig:
     collapse_alarm: float = 0.5  # warn when the fixed batch's diversity < this x its peak; 0 = off
 
     def __post_init__(self):
-        if self.ema_kimg > 0:  # a half-life in images (StyleGAN's, R3GAN's): sets the decay
+        if self.ema_kimg > 0:  # a half-life in images (StyleGAN's, R3GAN's): sets the decay,
+            # whatever ema held (a saved config holds the decay of its own batch size)
             self.ema = 0.5 ** (self.batch_size / (1000 * self.ema_kimg))  # per G step
         if self.loss not in GAN_LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}: choose one of {', '.join(GAN_LOSSES)}")
@@ -240,7 +241,8 @@ def check_combination(cfg: Config) -> None:
     loss = GAN_LOSSES[t.loss]
     batchnorm_d = getattr(m, "d_norm", "none") == "batch"
     if batchnorm_d and (loss.gradient_penalty or t.r1 or t.r2):
-        what = "wgan-gp's gradient penalty" if loss.gradient_penalty else "the R1/R2 penalty"
+        named = " and ".join(n for n, gamma in (("R1", t.r1), ("R2", t.r2)) if gamma)
+        what = "wgan-gp's gradient penalty" if loss.gradient_penalty else f"the {named} penalty"
         raise GankitError(
             f"{what} needs a critic without BatchNorm (it mixes the samples whose gradients "
             f"are penalised): set --model.d-norm layer, instance or none"
@@ -424,17 +426,20 @@ def preset_summary(name: str) -> str:
 
 def find_config(spec: str | Path) -> Path:
     """`--config`'s argument: a YAML file, else the name of a preset (`dcgan-mnist`)."""
+    if not str(spec).strip():
+        raise GankitError("--config is empty: give a preset's name or a YAML file")
     path = Path(spec).expanduser()
     if path.is_file():
         return path
+    name = str(spec).removesuffix(".yaml").removesuffix(".yml")
+    if name in preset_names():  # also when a folder (a run, say) bears the preset's name
+        return PRESETS / f"{name}.yaml"
     if path.is_dir():
         raise GankitError(f"config file {path} is a folder, not a file")
-    name = str(spec).removesuffix(".yaml")
-    if name in preset_names():
-        return PRESETS / f"{name}.yaml"
-    raise GankitError(
-        f"config {str(spec)!r} is neither a file nor a preset; presets: {', '.join(preset_names())}"
-    )
+    presets = ", ".join(preset_names())
+    if path.parent != Path(".") or path.suffix:  # meant as a file
+        raise GankitError(f"config file {path} does not exist (presets go by name: {presets})")
+    raise GankitError(f"config {str(spec)!r} is neither a file nor a preset; presets: {presets}")
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -62,7 +62,7 @@ def write_bytes(path: Path, data: bytes) -> None:
 
 def write_with(path: Path, write) -> None:
     """`write(tmp)` writes the file's content to `tmp`, which is then flushed to disk and
-    renamed over `path` (a PNG from save_image, say). Raises OSError when it fails."""
+    renamed over `path` (a PNG grid, say). Raises OSError when it fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)

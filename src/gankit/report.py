@@ -180,7 +180,7 @@ def image_uri(path: Path) -> str | None:
     im = im.convert("RGB")
     im.thumbnail((MAX_SIDE, MAX_SIDE), Image.LANCZOS)
     r, g, b = im.split()
-    if r.tobytes() == g.tobytes() == b.tobytes():  # save_image repeats one channel thrice
+    if r.tobytes() == g.tobytes() == b.tobytes():  # a grey image, whatever its PNG mode
         im = r
     else:
         im = im.quantize(256, dither=Image.Dither.NONE)

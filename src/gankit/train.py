@@ -46,7 +46,7 @@ from gankit.distributed import Dist
 from gankit.errors import GankitError
 from gankit.evaluate import Evaluator, append_jsonl, badness, timestamp
 from gankit.game import GameSettings, add_ema, make_optimizers, sampling_nets
-from gankit.grids import save_grid as save_uint8_grid
+from gankit.grids import save_grid
 from gankit.metrics.diversity import diversity
 from gankit.models import MODELS, is_conditional
 from gankit.schedule import Ramp, gamma_ramp, lr_ramp, noise_ramp
@@ -630,7 +630,7 @@ class Grids:
             return
         fakes = fixed_noise_images(run.family, run.nets, run.fixed_z, run.fixed_labels)
         path = run.run_dir / "samples" / f"step-{run.step:08d}.png"
-        save_grid(fakes, path)
+        save_unit_grid(fakes, path)
         self.last = path
         book.images("samples/fixed_noise", fakes, run.step)
         if fakes.shape[0] < 2:
@@ -650,9 +650,9 @@ class Grids:
         run.collapsed = bool(low)
 
 
-def save_grid(images: torch.Tensor, path: Path) -> None:
+def save_unit_grid(images: torch.Tensor, path: Path) -> None:
     """A PNG grid of images in [0, 1], round(sqrt(N)) columns, written atomically."""
-    save_uint8_grid(path, to_uint8(images * 2 - 1), _nrow(images.shape[0]))
+    save_grid(path, to_uint8(images * 2 - 1), _nrow(images.shape[0]))
 
 
 class Evaluation:
@@ -832,7 +832,7 @@ def _train(
         book = Logbook(run, progress, resume)
         if d.is_main and not resume:
             real_grid = run.data.images[: t.n_fixed] * 0.5 + 0.5
-            save_grid(real_grid, run_dir / "samples" / "real.png")
+            save_unit_grid(real_grid, run_dir / "samples" / "real.png")
             book.images("data/real", real_grid, 0)
         return _loop(run, evaluator, game, book, start, log)
     except OSError as e:  # disk full, no permission: every write before this one stands

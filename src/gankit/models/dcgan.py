@@ -42,6 +42,7 @@ from gankit.models.layers import (
     gaussian_noise,
     generate_with_g,
     label_count,
+    layout,
     one_hot,
     spectral_norm_all,
 )
@@ -67,19 +68,6 @@ class Config:
             raise ValueError(f"unknown d_norm {self.d_norm!r}: choose one of {', '.join(D_NORMS)}")
 
 
-def layout(img_size: int) -> tuple[int, int]:
-    """(base, n) with img_size = base * 2^n: G starts at base x base and doubles n times."""
-    base, n = img_size, 0
-    while base % 2 == 0 and base > 7:
-        base, n = base // 2, n + 1
-    if n < 1 or not 3 <= base <= 7:
-        raise GankitError(
-            f"DCGAN needs an image size of base * 2^n with base 3..7 and n >= 1 "
-            f"(28, 32, 48, 64, ...), got {img_size}: set data.img_size"
-        )
-    return base, n
-
-
 class Generator(nn.Module):
     def __init__(
         self,
@@ -90,7 +78,7 @@ class Generator(nn.Module):
         embed_dim: int = 10,
     ):
         super().__init__()
-        base, n = layout(img_shape[1])
+        base, n = layout(img_shape[1], "DCGAN")
         self.input = LabelledLatent(num_classes, embed_dim)
         c = ngf * 2 ** (n - 1)
         layers = [  # project z to (B, c, base, base)
@@ -121,7 +109,7 @@ class Discriminator(nn.Module):
         cond: str = "none",
     ):
         super().__init__()
-        base, n = layout(img_shape[1])
+        base, n = layout(img_shape[1], "DCGAN")
         self.num_classes = num_classes if cond == "concat" else 0  # one-hot label planes
         bias = d_norm == "none"  # a norm layer has its own shift
         layers = [  # no norm on D's input layer

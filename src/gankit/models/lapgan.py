@@ -65,7 +65,9 @@ class Config:
 def check(cfg: Config, train_cfg) -> None:
     """Options of the image families that do not carry over to a pyramid of GANs."""
     if train_cfg.ema:
-        raise GankitError("train.ema averages one G; LAPGAN has one per level: drop --ema")
+        raise GankitError(
+            "train.ema averages one G; LAPGAN has one per level: drop --ema / --ema-kimg"
+        )
     if train_cfg.augment:
         raise GankitError(
             "train.augment would change LAPGAN's residuals but not the coarse images they "

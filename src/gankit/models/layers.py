@@ -100,6 +100,20 @@ def d_norm_layer(kind: str, channels: int) -> nn.Module:
     return nn.Identity()
 
 
+def layout(img_size: int, family: str) -> tuple[int, int]:
+    """(base, n) with img_size = base * 2^n and base 3..7: a convolutional G starts at
+    base x base and doubles n times (28 = 7 * 2^2, 32 = 4 * 2^3, 64 = 4 * 2^4)."""
+    base, n = img_size, 0
+    while base % 2 == 0 and base > 7:
+        base, n = base // 2, n + 1
+    if n < 1 or not 3 <= base <= 7:
+        raise GankitError(
+            f"{family} needs an image size of base * 2^n with base 3..7 and n >= 1 "
+            f"(28, 32, 48, 64, ...), got {img_size}: set data.img_size"
+        )
+    return base, n
+
+
 def gaussian_noise(
     cfg, n: int, generator: torch.Generator, device: torch.device | str = "cpu"
 ) -> Tensor:

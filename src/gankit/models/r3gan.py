@@ -1,18 +1,18 @@
 """R3GAN's backbone (Huang, Gokaslan, Kuleshov & Tompkin 2024, "The GAN is dead; long live
 the GAN! A modern GAN baseline"), at a small scale.
 
-The paper pairs a relativistic loss with both zero-centred penalties (`--loss rpgan --r1 G
---r2 G`, gankit.losses) and shows that this loss trains a plain modern ConvNet without
+The paper pairs a relativistic loss with both zero-centred penalties (`--loss rpgan --r1
+GAMMA --r2 GAMMA`, gankit.losses) and shows that this loss trains a plain modern ConvNet without
 the tricks earlier GANs needed: no normalisation layers, no mapping network, no
 minibatch statistics. The network is a ResNet of inverted bottlenecks:
 
     block(x) = x + conv1x1(lrelu(gconv3x3(lrelu(conv1x1(x)))))   # C -> C*e -> C*e -> C
 
 The 3 x 3 convolution is grouped (group_width channels a group). The last layer of each
-block starts at zero and the other two are scaled by L^(-1/4) for L blocks in the
-network (Fix-up), so a deep net starts as the identity. Resampling filters with
-[1, 2, 1] (x) [1, 2, 1] / 16 (blur, then stride 2; zero-stuffing, then blur); 1 x 1
-convolutions change the width between resolutions.
+block starts at zero and the other two are scaled by L^(-1/4) for the L blocks of that
+network (Fix-up), so a deep net starts as the identity. Resampling filters with R3GAN's
+[1, 2, 1] low-pass, widened to [1, 3, 3, 1] for a factor of 2 (filter, then stride 2;
+zero-stuffing, then filter); 1 x 1 convolutions change the width between resolutions.
 
 With img_size 28 (base 7, two doublings), ngf = ndf = 32:
 
@@ -46,6 +46,7 @@ from gankit.models.layers import (
     check_conditioning,
     gaussian_noise,
     label_count,
+    layout,
     one_hot,
 )
 
@@ -70,19 +71,13 @@ class Config:
             raise ValueError("nz, ngf, ndf, max_width, blocks and expansion must be >= 1")
         if self.group_width < 1:
             raise ValueError(f"group_width must be >= 1, got {self.group_width}")
-
-
-def layout(img_size: int) -> tuple[int, int]:
-    """(base, n) with img_size = base * 2^n: the basis is base x base, then n doublings."""
-    base, n = img_size, 0
-    while base % 2 == 0 and base > 7:
-        base, n = base // 2, n + 1
-    if n < 1 or not 3 <= base <= 7:
-        raise GankitError(
-            f"r3gan needs an image size of base * 2^n with base 3..7 and n >= 1 "
-            f"(28, 32, 64, ...), got {img_size}: set data.img_size"
-        )
-    return base, n
+        for name in ("ngf", "ndf", "max_width"):  # every stage's width is one of these x 2^k
+            hidden = getattr(self, name) * self.expansion
+            if hidden % self.group_width:
+                raise ValueError(
+                    f"{name} {getattr(self, name)} x expansion {self.expansion} = {hidden} "
+                    f"channels do not split into groups of group_width {self.group_width}"
+                )
 
 
 def widths(width: int, cap: int, n: int) -> list[int]:
@@ -91,22 +86,23 @@ def widths(width: int, cap: int, n: int) -> list[int]:
 
 
 class Resample(nn.Module):
-    """x2 up or down with the [1, 2, 1] (x) [1, 2, 1] / 16 filter, channel by channel."""
+    """x2 up or down, channel by channel, with the [1, 2, 1] low-pass filter made fit for a
+    factor of 2 as R3GAN does, by one more [1, 1]: [1, 3, 3, 1] (x) [1, 3, 3, 1] / 64, an even
+    filter, so the image stays centred (an odd one at stride 2 shifts it half a pixel)."""
 
     def __init__(self, channels: int, up: bool):
         super().__init__()
-        taps = torch.tensor([1.0, 2.0, 1.0])
-        kernel = (torch.outer(taps, taps) / 16).expand(channels, 1, 3, 3)
+        taps = torch.tensor([1.0, 3.0, 3.0, 1.0])
+        kernel = (torch.outer(taps, taps) / 64).expand(channels, 1, 4, 4)
         self.up, self.channels = up, channels
-        # zero-stuffing then blurring halves the mean twice over: x4 keeps it
-        kernel = 4 * kernel if up else kernel
+        kernel = 4 * kernel if up else kernel  # zero-stuffing keeps 1 pixel in 4: x4 keeps the mean
         self.register_buffer("kernel", kernel.contiguous(), persistent=False)  # fixed: no weight
 
     def forward(self, x: Tensor) -> Tensor:
         k, c = self.kernel.to(x.dtype), self.channels
-        if self.up:  # zero-stuff to 2x, then blur
-            return F.conv_transpose2d(x, k, stride=2, padding=1, output_padding=1, groups=c)
-        return F.conv2d(x, k, stride=2, padding=1, groups=c)  # blur, keep every second pixel
+        if self.up:  # zero-stuff to 2x, then filter: (B, C, H, W) -> (B, C, 2H, 2W)
+            return F.conv_transpose2d(x, k, stride=2, padding=1, groups=c)
+        return F.conv2d(x, k, stride=2, padding=1, groups=c)  # filter, keep every second pixel
 
 
 class Block(nn.Module):
@@ -115,7 +111,7 @@ class Block(nn.Module):
     def __init__(self, c: int, expansion: int, group_width: int, leak: float, scale: float):
         super().__init__()
         hidden = c * expansion
-        groups = hidden // group_width if hidden % group_width == 0 else 1
+        groups = hidden // group_width  # Config checks that it divides
         self.widen = nn.Conv2d(c, hidden, 1)
         self.mix = nn.Conv2d(hidden, hidden, 3, padding=1, groups=groups)
         self.narrow = nn.Conv2d(hidden, c, 1)
@@ -152,9 +148,9 @@ class Generator(nn.Module):
         num_classes: int = 0,  # 0 = unconditional
     ):
         super().__init__()
-        base, n = layout(img_shape[1])
+        base, n = layout(img_shape[1], "r3gan")
         c = widths(cfg.ngf, cfg.max_width, n)
-        scale = (2 * cfg.blocks * (n + 1)) ** -0.25  # L = every block of G and D
+        scale = (cfg.blocks * (n + 1)) ** -0.25  # Fix-up: L = G's blocks
         self.input = LabelledLatent(num_classes, cfg.embed_dim)
         self.project = nn.Linear(cfg.nz + self.input.extra, c[0])
         self.basis = nn.Parameter(torch.randn(c[0], base, base))  # scaled per sample by z
@@ -179,9 +175,9 @@ class Discriminator(nn.Module):
         num_classes: int = 0,  # 0 = unconditional
     ):
         super().__init__()
-        base, n = layout(img_shape[1])
+        base, n = layout(img_shape[1], "r3gan")
         c = widths(cfg.ndf, cfg.max_width, n)
-        scale = (2 * cfg.blocks * (n + 1)) ** -0.25
+        scale = (cfg.blocks * (n + 1)) ** -0.25  # Fix-up: L = D's blocks
         self.planes = num_classes if cfg.cond == "concat" else 0  # one-hot label planes
         layers = [conv1x1(img_shape[0] + self.planes, c[n])]
         for i in range(n, -1, -1):

@@ -92,7 +92,9 @@ def check(cfg: Config, train_cfg) -> None:
     if train_cfg.eval_every:
         raise GankitError("eval_every scores samples of noise; score SR runs with gankit eval RUN")
     if train_cfg.ema:
-        raise GankitError("train.ema is not supported by the srgan family")
+        raise GankitError("train.ema (or ema_kimg) is not supported by the srgan family")
+    if train_cfg.r1 or train_cfg.r2:  # its D batch-normalises: no per-image gradients
+        raise GankitError("srgan's D has BatchNorm: the R1/R2 penalties do not apply; drop them")
     if GAN_LOSSES[train_cfg.loss].relativistic:
         raise GankitError(
             f"srgan's adversarial term takes a loss of D(G(LR)) alone, not {train_cfg.loss}"

@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gankit.errors import GankitError
-from gankit.models.dcgan import layout
-from gankit.models.layers import gaussian_noise
+from gankit.models.layers import gaussian_noise, layout
 
 ADVERSARIAL = False  # trained by maximising the ELBO, not by the D/G game
 ARCHS = ("mlp", "conv")
@@ -63,7 +62,8 @@ class Config:
 def check(cfg: Config, train_cfg) -> None:
     """Refuse the adversarial game's options: the VAE trains by its own objective."""
     defaults = type(train_cfg)()
-    game_only = ("loss", "n_critic", "d_warmup", "label_smoothing", "r1", "augment")
+    game_only = ("loss", "n_critic", "d_warmup", "label_smoothing", "r1", "r2", "gamma_final")
+    game_only += ("augment",)
     for name in (*game_only, "instance_noise"):
         if getattr(train_cfg, name) != getattr(defaults, name):
             raise GankitError(
@@ -86,7 +86,7 @@ class Encoder(nn.Module):
             self.net.append(nn.ReLU(True))
             features = cfg.widths[-1]
         else:
-            base, n = layout(img_shape[1])
+            base, n = layout(img_shape[1], "the conv VAE")
             layers, c = [], img_shape[0]
             for i in range(n):  # each halves the size: (B, nf * 2^i, H / 2^(i+1), ...)
                 layers += [nn.Conv2d(c, cfg.nf * 2**i, 4, 2, 1), nn.ReLU(True)]
@@ -108,7 +108,7 @@ class Decoder(nn.Module):
         if cfg.arch == "mlp":
             self.net = mlp((cfg.nz, *reversed(cfg.widths), math.prod(img_shape)))
         else:
-            base, n = layout(img_shape[1])
+            base, n = layout(img_shape[1], "the conv VAE")
             c = cfg.nf * 2 ** (n - 1)
             layers = [nn.Linear(cfg.nz, c * base * base), nn.ReLU(True)]
             layers.append(nn.Unflatten(1, (c, base, base)))
