@@ -44,7 +44,17 @@ RUNS = {  # key: (family, `gankit train` options, the inputs of the exported gra
     "cgan": ("dcgan", ["--config", "cgan-mnist", *TINY_GAN], ["z", "labels"]),  # projection D
     "r3gan": (  # conditional, with G_ema
         "r3gan",
-        ["--family", "r3gan", "--cond", "projection", "--ema", "0.9", *TINY_GAN],
+        [
+            "--family",
+            "r3gan",
+            "--cond",
+            "projection",
+            "--ema",
+            "0.9",
+            *TINY_GAN,
+            "--group-width",
+            "8",
+        ],
         ["z", "labels"],
     ),
     "lapgan": (
