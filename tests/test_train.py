@@ -243,3 +243,33 @@ def test_ema_kimg_is_a_half_life_in_images(tiny_cfg):
     # 5,000 images = 78.125 steps of 64: the average forgets half of an old weight
     assert cfg.train.ema ** (5000 / 64) == pytest.approx(0.5)
     assert tiny_cfg(batch_size=128, ema_kimg=5).train.ema < cfg.train.ema  # bigger steps
+
+
+@pytest.mark.parametrize("preset", ["r3gan-cifar10", "r3gan-cifar10-cond"])
+def test_the_r3gan_cifar10_presets_train_on_a_folder_of_32px_colour_images(preset, tmp_path):
+    """No CIFAR-10 here: the presets as they are, on a few synthetic 32 x 32 x 3 images in
+    class subfolders (torchvision's ImageFolder layout), for two steps."""
+    import numpy as np
+    from PIL import Image
+
+    from gankit.config import load_config
+    from gankit.sample import Sampler
+
+    rng = np.random.default_rng(0)
+    for name in ("cats", "dogs"):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(4):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imgs" / name / f"{i}.png")
+    over = {"dataset": f"folder:{tmp_path / 'imgs'}", "steps": "2", "batch_size": "4"}
+    over |= {"device": "cpu", "sample_every": "2", "ckpt_every": "2", "n_fixed": "4"}
+    cfg = load_config(preset, over)
+    assert (cfg.model.family, cfg.train.loss, cfg.train.beta1) == ("r3gan", "rpgan", 0.0)
+    assert cfg.train.r1 > 0 and cfg.train.r2 > 0 and cfg.train.ema > 0
+    train(cfg, tmp_path / "run", progress=False, log=quiet)
+    meta = ckpt.read_meta(last_checkpoint(tmp_path / "run"))
+    assert meta["step"] == 2 and tuple(meta["img_shape"]) == (3, 32, 32)
+    sampler = Sampler.load(tmp_path / "run", device="cpu")
+    labels = sampler.labels(4) if preset.endswith("cond") else None
+    assert sampler.images(4, labels=labels).shape == (4, 3, 32, 32)
+    assert (sampler.classes == ["cats", "dogs"]) == preset.endswith("cond")
