@@ -948,19 +948,16 @@ def run_command(argv: list[str]) -> int:
         return cmd_train(args, extra, argv)
     if extra:
         raise GankitError(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command == "sample":
-        return cmd_sample(args)
-    if args.command == "eval":
-        return cmd_eval(args)
-    if args.command == "lab":
-        return cmd_lab(args)
-    if args.command == "upscale":
-        return cmd_upscale(args)
-    if args.command == "export":
-        return cmd_export(args)
-    if args.command == "report":
-        return cmd_report(args)
-    return cmd_list()
+    commands = {
+        "sample": cmd_sample,
+        "eval": cmd_eval,
+        "lab": cmd_lab,
+        "upscale": cmd_upscale,
+        "export": cmd_export,
+        "report": cmd_report,
+        "list": lambda args: cmd_list(),
+    }
+    return commands[args.command](args)
 
 
 def describe_unexpected(e: Exception) -> str:

@@ -80,9 +80,13 @@ class Config:
                 )
 
 
-def widths(width: int, cap: int, n: int) -> list[int]:
-    """Channels at each resolution from the basis (index 0) to the image (index n)."""
-    return [min(width * 2 ** (n - i), cap) for i in range(n + 1)]
+def plan(cfg: Config, width: int, img_shape: tuple[int, int, int]) -> tuple:
+    """(base, n, channels, scale) of one network: the basis is base x base, then n doublings;
+    channels at each resolution from the basis (index 0) to the image (index n), `width` at
+    full size doubling towards the basis up to max_width; Fix-up's L^(-1/4) for its L blocks."""
+    base, n = layout(img_shape[1], "r3gan")
+    channels = [min(width * 2 ** (n - i), cfg.max_width) for i in range(n + 1)]
+    return base, n, channels, (cfg.blocks * (n + 1)) ** -0.25
 
 
 class Resample(nn.Module):
@@ -148,9 +152,7 @@ class Generator(nn.Module):
         num_classes: int = 0,  # 0 = unconditional
     ):
         super().__init__()
-        base, n = layout(img_shape[1], "r3gan")
-        c = widths(cfg.ngf, cfg.max_width, n)
-        scale = (cfg.blocks * (n + 1)) ** -0.25  # Fix-up: L = G's blocks
+        base, n, c, scale = plan(cfg, cfg.ngf, img_shape)
         self.input = LabelledLatent(num_classes, cfg.embed_dim)
         self.project = nn.Linear(cfg.nz + self.input.extra, c[0])
         self.basis = nn.Parameter(torch.randn(c[0], base, base))  # scaled per sample by z
@@ -175,9 +177,7 @@ class Discriminator(nn.Module):
         num_classes: int = 0,  # 0 = unconditional
     ):
         super().__init__()
-        base, n = layout(img_shape[1], "r3gan")
-        c = widths(cfg.ndf, cfg.max_width, n)
-        scale = (cfg.blocks * (n + 1)) ** -0.25  # Fix-up: L = D's blocks
+        base, n, c, scale = plan(cfg, cfg.ndf, img_shape)
         self.planes = num_classes if cfg.cond == "concat" else 0  # one-hot label planes
         layers = [conv1x1(img_shape[0] + self.planes, c[n])]
         for i in range(n, -1, -1):
