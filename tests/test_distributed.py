@@ -163,6 +163,7 @@ ev = Evaluator("mnist", device="cpu", log=lambda *a: None)
 results = evaluate_samples(MODELS["dcgan"], cfg, nets, ev, 10, d)
 if d.is_main:
     open(sys.argv[1], "w").write(json.dumps(results))
+distributed.teardown(d)
 """
 
 
@@ -209,6 +210,7 @@ for case in ("same", "drift"):
     except GankitError as e:
         said[case] = f"refused: {e}"
 open(f"{sys.argv[1]}/rank{d.rank}.json", "w").write(json.dumps(said))
+distributed.teardown(d)
 """
 
 

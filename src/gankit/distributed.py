@@ -19,6 +19,7 @@ The loop calls the collectives below; each is a no-op in a single process.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
@@ -126,7 +127,12 @@ def setup(device_name: str, timeout_s: float) -> Dist:
             f"rank {rank} could not join the other {world - 1} process(es) at {where} "
             f"within {timeout_s:g} s ({_first_line(e)})"
         ) from None
-    return Dist(rank, world, local_rank, local_world, device, ctrl)
+    d = Dist(rank, world, local_rank, local_world, device, ctrl)
+    # A gloo group still alive when the interpreter exits can abort the process ("terminate
+    # called without an active exception", seen with torch 2.14): leave it at exit at the
+    # latest, for scripts that use the API and never call teardown.
+    atexit.register(teardown, d)
+    return d
 
 
 def teardown(d: Dist) -> None:
