@@ -35,7 +35,7 @@ browser:
 	  fi; }
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench docs
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py

@@ -6,11 +6,13 @@ timings are not shared), then 10,000 samples (1,000 per class for conditional
 presets) are scored by `gankit eval`'s metrics against the 1,000 held-out digits.
 
     python bench/zoo.py [--presets dcgan-mnist,cgan-mnist] [--steps N] [--runs-dir DIR]
-                        [--n 10000] [--log zoo.jsonl]
+                        [--n 10000] [--log zoo.jsonl] [--plot zoo.png]
+    python bench/zoo.py --replot zoo.jsonl --plot zoo.png   # table and plot of a logged run
 
 Prints a Markdown table: steps, wall time, images/s, FD and KID in MnistNet
 features, precision/recall/coverage, class KL and, for conditional presets, the
 share of samples classified as the class they were drawn for (mean and worst class).
+`--plot` draws FD against training time, one labelled point a preset.
 """
 
 from __future__ import annotations
@@ -81,6 +83,39 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def plot(rows: list[dict], path: str) -> None:
+    """FD against training time, log-scaled FD, one labelled point a preset (matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for r in rows:
+        conditional = "label_accuracy" in r["metrics"]
+        x, y = r["wall_s"] / 60, r["metrics"]["fd_mnistnet"]
+        ax.scatter(
+            x, y, s=36, marker="s" if conditional else "o", color="C1" if conditional else "C0"
+        )
+        ax.annotate(r["preset"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("training time on this machine (minutes)")
+    ax.set_ylabel("FD in MnistNet features (lower is better)")
+    ax.set_title("gankit's MNIST presets: quality against training time", fontsize=10)
+    ax.scatter([], [], marker="o", color="C0", label="unconditional")
+    ax.scatter([], [], marker="s", color="C1", label="conditional")
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def mnist_presets() -> list[str]:
+    """Every preset that trains on the bundled MNIST digits (Stacked MNIST has bench/stacked.py)."""
+    return [n for n in preset_names() if load_config(n).data.dataset == "mnist"]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", help="comma-separated preset names (default: every *-mnist one)")
@@ -88,9 +123,16 @@ def main() -> int:
     p.add_argument("--runs-dir", help="keep the runs here (default: a temporary folder)")
     p.add_argument("--n", type=int, default=10_000, help="samples scored per preset")
     p.add_argument("--log", help="also append each preset's results to this JSON-lines file")
+    p.add_argument("--plot", help="draw FD against training time into this PNG")
+    p.add_argument("--replot", metavar="LOG", help="train nothing: table (and --plot) of a --log")
     args = p.parse_args()
-    names = args.presets.split(",") if args.presets else None
-    names = names or [name for name in preset_names() if name.endswith("-mnist")]
+    if args.replot:
+        rows = [json.loads(line) for line in Path(args.replot).read_text().splitlines() if line]
+        print(table(rows))
+        if args.plot:
+            plot(rows, args.plot)
+        return 0
+    names = args.presets.split(",") if args.presets else mnist_presets()
     missing = [name for name in names if name not in preset_names()]
     if missing:
         print(f"zoo: no preset {missing[0]}; presets: {', '.join(preset_names())}", file=sys.stderr)
@@ -107,6 +149,8 @@ def main() -> int:
                 with open(args.log, "a") as f:
                     f.write(json.dumps(row) + "\n")
     print(table(rows))
+    if args.plot:
+        plot(rows, args.plot)
     return 0
 
 

@@ -35,3 +35,47 @@ def test_mode_collapse_runs_a_shortened_remedy_and_tabulates_worst_seeds(tmp_pat
     assert cells[:3] == ["r1", "ring", "2"]
     assert float(cells[6]) == round(min(r["high_quality"] for r in rows), 1)
     assert float(cells[8]) == round(max(r["mode_kl"] for r in rows), 3)
+
+
+def test_zoo_covers_every_mnist_preset_and_plots_fd_against_time(tmp_path):
+    zoo = load("zoo")
+    names = zoo.mnist_presets()
+    assert {"r3gan-mnist", "dcgan-mnist", "lapgan-mnist", "vae-mnist"} <= set(names)
+    assert "r3gan-stacked-mnist" not in names and "dcgan-cifar10" not in names
+    rows = [  # two presets' rows as run_preset returns them, figures made up
+        {"preset": "a-mnist", "wall_s": 60.0, "metrics": {"fd_mnistnet": 30.0}},
+        {
+            "preset": "b-mnist",
+            "wall_s": 300.0,
+            "metrics": {"fd_mnistnet": 5.0, "label_accuracy": 0.9},
+        },
+    ]
+    zoo.plot(rows, tmp_path / "zoo.png")
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(tmp_path / "zoo.png").convert("L"))
+    assert pixels.shape[1] > 400 and len(np.unique(pixels)) > 10
+
+
+def test_stacked_scores_a_shortened_preset_and_times_its_dcgan_baseline(tmp_path):
+    stacked = load("stacked")
+    from gankit.evaluate import Evaluator
+
+    evaluator = Evaluator("stacked-mnist", log=lambda *a: None)
+    from gankit.config import load_config
+
+    cfg = load_config("r3gan-stacked-mnist", {"steps": "2", "device": "cpu"})
+    row = stacked.train_and_score("s0", cfg, tmp_path, evaluator, 300)
+    assert row["steps"] == 2 and row["family"] == "r3gan"
+    assert 1 <= row["stacked_modes"] <= 300 and row["stacked_kl"] >= 0
+    base = stacked.baseline_config(64, 5)
+    assert (base.model.family, base.train.loss, base.data.dataset) == (
+        "dcgan",
+        "non-saturating",
+        "stacked-mnist",
+    )
+    assert base.train.r1 == base.train.r2 == base.train.ema == 0
+    assert stacked.baseline_steps(64, 1e6, tmp_path) > 100  # a long budget: many steps
+    line = stacked.table([row]).splitlines()[-1]
+    assert f"| {row['stacked_modes']:.0f} |" in line

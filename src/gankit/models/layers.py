@@ -76,6 +76,31 @@ class Head(nn.Module):
         return logits
 
 
+class MinibatchStd(nn.Module):
+    """ProGAN's minibatch standard deviation (Karras et al. 2018): one more feature plane,
+    the mean over features and pixels of the std across each group of `group` samples, so
+    D can tell a batch of too-similar fakes from a batch of reals.
+
+    Groups are consecutive samples: D scores reals and fakes concatenated, and groups that
+    do not straddle them need a batch divisible by `group` (checked where the batch is known).
+    (B, C, H, W) -> (B, C + 1, H, W)."""
+
+    def __init__(self, group: int):
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        g = min(self.group, b)
+        if b % g:
+            raise GankitError(f"minibatch std: a batch of {b} does not split into groups of {g}")
+        y = x.float().reshape(b // g, g, c, h, w)  # (B/g, g, C, H, W), consecutive groups
+        std = (y.var(dim=1, unbiased=False) + 1e-8).sqrt()  # (B/g, C, H, W)
+        s = std.mean(dim=(1, 2, 3)).to(x.dtype)  # (B/g,)
+        plane = s.repeat_interleave(g)[:, None, None, None].expand(b, 1, h, w)
+        return torch.cat([x, plane], dim=1)
+
+
 def one_hot(labels: Tensor, num_classes: int) -> Tensor:
     return F.one_hot(labels, num_classes).float()  # (B,) -> (B, K)
 
