@@ -86,11 +86,13 @@ def table(rows: list[dict]) -> str:
 def plot(rows: list[dict], path: str) -> None:
     """FD against training time, log-scaled FD, one labelled point a preset (matplotlib)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    max_fd = max(r["metrics"]["fd_mnistnet"] for r in rows)
     for r in rows:
         conditional = "label_accuracy" in r["metrics"]
         x, y = r["wall_s"] / 60, r["metrics"]["fd_mnistnet"]
@@ -99,12 +101,16 @@ def plot(rows: list[dict], path: str) -> None:
         )
         ax.annotate(r["preset"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 50, not 5 x 10^1
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_yticks([t for t in (2, 5, 10, 20, 50, 100, 200, 500) if t < 1.5 * max_fd])
+    ax.set_xlim(0, max(r["wall_s"] for r in rows) / 60 * 1.2 + 0.5)  # room for the labels
     ax.set_xlabel("training time on this machine (minutes)")
     ax.set_ylabel("FD in MnistNet features (lower is better)")
     ax.set_title("gankit's MNIST presets: quality against training time", fontsize=10)
     ax.scatter([], [], marker="o", color="C0", label="unconditional")
     ax.scatter([], [], marker="s", color="C1", label="conditional")
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="center right")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

@@ -59,7 +59,8 @@ RUNS = {  # key: (family, `gankit train` options, the inputs of the exported gra
     ),
     "lapgan": (
         "lapgan",
-        ["--config", "lapgan-mnist", *TINY_GAN[:4], "--model.nz", "4", "--coarse-widths", "16"],
+        ["--config", "lapgan-mnist", *TINY_GAN[:4], "--model.nz", "4", "--coarse-widths", "16"]
+        + ["--model.levels", "3"],  # the whole pyramid 7 -> 14 -> 28: three inputs
         ["z", "noise1", "noise2"],
     ),
     "srgan": (
