@@ -310,6 +310,15 @@ def test_max_restarts_resumes_from_the_last_checkpoint(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)  # and ends where the uninterrupted run ends
 
 
+def test_a_rank_counts_the_cores_it_is_pinned_to():
+    code = "from gankit import distributed; print(distributed.cores())"
+    pinned = subprocess.run(
+        [sys.executable, "-c", code], env=ENV, capture_output=True, text=True, check=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {0}),
+    )  # fmt: skip
+    assert pinned.stdout.strip() == "1"  # not the machine's os.cpu_count()
+
+
 def test_two_nodes_through_torchrun_train_the_model_of_one(runs, tmp_path):
     root, _ = runs
     port = free_port()
@@ -337,6 +346,7 @@ def test_two_nodes_through_torchrun_train_the_model_of_one(runs, tmp_path):
             str(tmp_path),
             "--name",
             "nodes",
+            preexec_fn=lambda k=k: os.sched_setaffinity(0, {k % os.cpu_count()}),  # a core each
         )  # fmt: skip
         for k in (0, 1)
     ]

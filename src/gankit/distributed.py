@@ -64,6 +64,15 @@ class Dist:
         return x[self.rank * n : (self.rank + 1) * n]
 
 
+def cores() -> int:
+    """The CPU cores this process may run on: a job pinned to some (SLURM, taskset, a
+    container's cpuset) gets those, not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def world_from_env() -> tuple[int, int, int, int]:
     """(rank, world size, local rank, local world size) from torchrun's variables."""
     env = os.environ
@@ -100,7 +109,7 @@ def setup(device_name: str, timeout_s: float) -> Dist:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        torch.set_num_threads(max(1, cores() // local_world))
     where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
     try:
         timeout = timedelta(seconds=timeout_s)
@@ -435,7 +444,7 @@ def launch(nproc: int, argv: list[str], port: int, max_restarts: int, timeout_s:
     for name in list(logging.root.manager.loggerDict):
         if name.startswith("torch.distributed.elastic"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores() // nproc)))
     os.environ["GANKIT_LAUNCHED"] = "1"  # workers leave their one-line errors to the launcher
     try:
         elastic_launch(cfg, sys.executable)("-m", "gankit", "train", *argv)
