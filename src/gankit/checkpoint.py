@@ -27,7 +27,7 @@ from safetensors.torch import save
 from torch import nn
 
 from gankit import __version__, files, versions
-from gankit.errors import GankitError
+from gankit.errors import GankitError, first_line
 
 FORMAT = "gankit-checkpoint"
 VERSION = 1
@@ -69,7 +69,7 @@ def read(path: Path, names: tuple[str, ...] | None = None) -> tuple[dict[str, to
             tensors = {k: f.get_tensor(k) for k in keys}
     except (SafetensorError, OSError, ValueError) as e:  # JSONDecodeError is a ValueError
         _refuse_pickle(path)
-        raise GankitError(f"checkpoint {path} is corrupt or truncated ({_first_line(e)})") from None
+        raise GankitError(f"checkpoint {path} is corrupt or truncated ({first_line(e)})") from None
     if "step" in meta:
         _whole(meta["step"], "step", path)
     saved = meta.get("digests")
@@ -152,7 +152,7 @@ def check_shapes(path: Path, nets: dict[str, nn.Module]) -> None:
         with safe_open(str(path), framework="pt") as f:
             have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
-        raise GankitError(f"checkpoint {path} is corrupt or truncated ({_first_line(e)})") from None
+        raise GankitError(f"checkpoint {path} is corrupt or truncated ({first_line(e)})") from None
     for name, net in nets.items():
         want = {f"{name}.{k}": tuple(v.shape) for k, v in net.state_dict().items()}
         _check_fit(path, name, want, {k: v for k, v in have.items() if k.startswith(f"{name}.")})
@@ -178,10 +178,6 @@ def _check_fit(path: Path, name: str, want: dict, have: dict) -> None:
     )
 
 
-def _first_line(e: Exception) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0]
-
-
 def pack_nets(nets: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
     return {f"{name}.{k}": v for name, net in nets.items() for k, v in net.state_dict().items()}
 
@@ -203,7 +199,7 @@ def unpack_nets(nets: dict[str, nn.Module], tensors: dict[str, torch.Tensor], pa
             net.load_state_dict(state)
         except RuntimeError as e:
             raise GankitError(
-                f"checkpoint {path} does not match network {name}: {_first_line(e)}"
+                f"checkpoint {path} does not match network {name}: {first_line(e)}"
             ) from None
 
 
@@ -241,7 +237,7 @@ def unpack_optimizers(
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
             raise GankitError(
                 f"checkpoint {path} does not match optimiser {name}: "
-                f"{type(e).__name__} {_first_line(e)}"
+                f"{type(e).__name__} {first_line(e)}"
             ) from None
         _match_layouts(opt)
 

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from gankit.device import resolve_device
-from gankit.errors import GankitError
+from gankit.errors import GankitError, first_line
 
 SETUP_TIMEOUT = timedelta(hours=2)  # rank 0 alone may train an evaluator's classifier first
 
@@ -150,7 +150,7 @@ def teardown(d: Dist) -> None:
 
 
 def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    return first_line(e)[:300]  # gloo's messages can run long
 
 
 def is_collective_failure(d: Dist, e: RuntimeError) -> bool:

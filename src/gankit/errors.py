@@ -10,6 +10,12 @@ class GankitError(Exception):
     """Bad input: a config value, a path, a dataset or a checkpoint we refuse."""
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's first non-blank line, for a one-line message; its type when it says nothing."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
 def require(module: str, extra: str, purpose: str):
     """Import an optional dependency, or refuse in one line naming the extra to install."""
     import importlib

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from gankit import files
-from gankit.errors import GankitError
+from gankit.errors import GankitError, first_line
 from gankit.game import sampling_nets
 from gankit.sample import Sampler
 
@@ -158,7 +158,7 @@ def export(
             how = f"ONNX opset {opset}" if fmt == "onnx" else "TorchScript"
             raise GankitError(
                 f"torch cannot export this {sampler.model_cfg.family} model to {how}: "
-                f"{_first_line(e)}"
+                f"{first_line(e)}"
             ) from None
         exported = load_onnx(tmp) if fmt == "onnx" else load_torchscript(tmp)
         result["diff"], result["output"] = check(exported, model, spec, k, fmt)
@@ -240,7 +240,7 @@ def write_onnx(
         if importlib.util.find_spec("onnxscript") is None:
             raise GankitError(
                 f"torch's TorchScript-based ONNX exporter cannot export this model "
-                f"({_first_line(e)}); its torch.export-based exporter needs onnxscript: "
+                f"({first_line(e)}); its torch.export-based exporter needs onnxscript: "
                 f"pip install 'gankit[export]'"
             ) from None
         first = e
@@ -376,7 +376,7 @@ def check(
             got = np.asarray(run(inputs))
         except Exception as e:  # the runtime refuses the inputs: an axis that is not dynamic
             raise GankitError(
-                f"the exported {fmt} model fails on {where}: {_first_line(e)}: not written"
+                f"the exported {fmt} model fails on {where}: {first_line(e)}: not written"
             ) from None
         if got.shape != want.shape:
             raise GankitError(
@@ -416,8 +416,3 @@ def _case(spec: dict, inputs: tuple) -> str:
 
 def _shape(shape: tuple) -> str:
     return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
-
-
-def _first_line(e: Exception) -> str:
-    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__

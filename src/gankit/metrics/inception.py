@@ -31,7 +31,7 @@ import torch
 
 from gankit import files
 from gankit.data import make_dataset, to_uint8
-from gankit.errors import GankitError, require
+from gankit.errors import GankitError, first_line, require
 
 
 class _UInt8Images(torch.utils.data.Dataset):
@@ -61,7 +61,7 @@ def load_weights(path: str | Path, what: str = "Inception weights") -> dict[str,
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any failure to parse is the user's file, not our bug
-        raise GankitError(f"cannot read {what} {path}: {_first_line(e)}") from None
+        raise GankitError(f"cannot read {what} {path}: {first_line(e)}") from None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise GankitError(f"{what} {path} are not a state dict of tensors")
     return state
@@ -105,7 +105,7 @@ def inception_metrics(
                 verbose=False,
             )
         except RuntimeError as e:  # e.g. a state dict that does not fit Inception-v3
-            raise GankitError(f"Inception metrics failed: {_first_line(e)}") from None
+            raise GankitError(f"Inception metrics failed: {first_line(e)}") from None
     results = {"fid_inception": out["frechet_inception_distance"]}
     if has_logits:
         results["is_inception"] = out["inception_score_mean"]
@@ -234,7 +234,7 @@ def read_fid_helper(source: str | Path | None = None):
             warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated")
             module = torch.jit.load(io.BytesIO(data), map_location="cpu")
     except Exception as e:
-        raise GankitError(f"cannot read {where} as TorchScript: {_first_line(e)}") from None
+        raise GankitError(f"cannot read {where} as TorchScript: {first_line(e)}") from None
     return module.eval(), where, hashlib.sha1(data).hexdigest()
 
 
@@ -280,7 +280,7 @@ def fidelity_extractor(state: dict[str, torch.Tensor], features: tuple[str, ...]
             )
         except RuntimeError as e:  # load_state_dict: "Error(s) in ...:\n\tsize mismatch ..."
             lines = [x.strip() for x in str(e).splitlines() if x.strip()]
-            detail = lines[1] if len(lines) > 1 else _first_line(e)
+            detail = lines[1] if len(lines) > 1 else first_line(e)
             raise GankitError(
                 f"the weights do not fit torch-fidelity's Inception-v3: {detail}"
             ) from None
@@ -379,7 +379,3 @@ def convert_fid_helper(
 
     files.write_with(out, write_and_check)  # renamed into place only once checked
     return Conversion(out, where, sha1, diffs)
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
