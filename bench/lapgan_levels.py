@@ -31,14 +31,10 @@ from gankit.sample import Sampler
 def refine_from(sampler: Sampler, coarse: torch.Tensor, level: int, seed: int) -> torch.Tensor:
     """Real images of pyramid level `level` (coarse, (N, C, h, w)) taken through the finer
     levels, each with its own noise: the final images (N, C, H, W) in [-1, 1]."""
-    family, nets, cfg = sampler.family, sampler.nets, sampler.model_cfg
+    cfg = sampler.model_cfg
     gen = torch.Generator().manual_seed(seed)
-    x = coarse
-    for k in range(level + 1, cfg.levels):
-        z = torch.randn(len(x), cfg.nz, generator=gen)
-        up = family.up(x)
-        x = (up + nets[f"G{k}"](z, (up, None))).clamp(-1, 1)
-    return x
+    zs = [torch.randn(len(coarse), cfg.nz, generator=gen) for _ in range(level + 1, cfg.levels)]
+    return sampler.family.refine(sampler.nets, coarse, zs)[-1]
 
 
 def main() -> int:

@@ -242,12 +242,22 @@ def pyramid_samples(
     nets: dict[str, nn.Module], z: Tensor, labels: Tensor | None = None
 ) -> list[Tensor]:
     """Each level's image, coarse to fine: [g_0, g_1, ..., g_{L-1}], each in [-1, 1]."""
+    zs = z.chunk(_levels(nets), dim=1)
+    coarsest = nets["G0"](zs[0], labels)
+    return [coarsest, *refine(nets, coarsest, list(zs[1:]), labels)]
+
+
+def refine(
+    nets: dict[str, nn.Module], image: Tensor, zs: list[Tensor], labels: Tensor | None = None
+) -> list[Tensor]:
+    """The finer levels' images from an image of the level below them: one z_k (B, nz) per
+    finer level, so len(zs) levels from the top, g_k = l_k + G_k(z_k, l_k), l_k = up(g_{k-1})."""
     levels = _levels(nets)
-    zs = z.chunk(levels, dim=1)
-    images = [nets["G0"](zs[0], labels)]
-    for k in range(1, levels):
-        coarse = up(images[-1])
-        images.append((coarse + nets[f"G{k}"](zs[k], (coarse, labels))).clamp(-1, 1))
+    images = []
+    for k, z_k in zip(range(levels - len(zs), levels), zs, strict=True):
+        coarse = up(image)
+        image = (coarse + nets[f"G{k}"](z_k, (coarse, labels))).clamp(-1, 1)
+        images.append(image)
     return images
 
 
