@@ -74,12 +74,8 @@ def sr_crop(run: str, photo: str, crop: int, out: Path) -> None:
     if photo not in names and not (photo.isdigit() and int(photo) < len(photos)):
         raise SystemExit(f"--photo {photo}: one of {names} or an index below {len(photos)}")
     rgb = photos[names.index(photo) if photo in names else int(photo)]
-    h, w = (rgb.shape[0] // scale) * scale, (rgb.shape[1] // scale) * scale
-    hr = rgb[:h, :w]  # as `gankit eval` does: HR cropped to a multiple of the scale
-    with torch.no_grad():
-        lr = sr.downscale(sr.to_tensor(hr), scale)
-        bicubic = sr.to_rgb(sr.bicubic(lr, scale))
-        model = sr.to_rgb(sr.upscale(sampler.nets["G"], lr, scale))
+    with torch.no_grad():  # as `gankit eval` scores it
+        hr, bicubic, model = sr.upscale_photo(sampler.nets["G"], rgb, scale)
     y, x = busiest_window(hr, bicubic, crop)
     name = "SRResNet" if sampler.model_cfg.stage == "srresnet" else "SRGAN"
     panels = [

@@ -477,16 +477,24 @@ def to_rgb(x: Tensor) -> np.ndarray:
     return to_uint8(x[0]).permute(1, 2, 0).cpu().numpy()
 
 
+def upscale_photo(
+    G: nn.Module, rgb: np.ndarray, scale: int, device="cpu"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(HR, bicubic x scale, G x scale) of a whole photograph (H, W, 3) uint8: HR is cropped
+    to a multiple of the scale, LR made by the same bicubic downscaling as in training."""
+    h, w = (rgb.shape[0] // scale) * scale, (rgb.shape[1] // scale) * scale
+    hr = rgb[:h, :w]
+    lr = downscale(to_tensor(hr).to(device), scale)
+    return hr, to_rgb(bicubic(lr, scale)), to_rgb(upscale(G, lr, scale))
+
+
 def evaluate_sr(G: nn.Module, photos: list[np.ndarray], scale: int, device) -> dict[str, float]:
-    """Mean PSNR / SSIM of bicubic and of G on whole held-out images (HR cropped to a multiple
-    of the scale; LR made by the same bicubic downscaling as in training)."""
+    """Mean PSNR / SSIM of bicubic and of G on whole held-out images (`upscale_photo`)."""
     rows = {"bicubic": [], "model": []}
     for rgb in photos:
-        h, w = (rgb.shape[0] // scale) * scale, (rgb.shape[1] // scale) * scale
-        hr = rgb[:h, :w]
-        lr = downscale(to_tensor(hr).to(device), scale)
-        rows["bicubic"].append(psnr_ssim(hr, to_rgb(bicubic(lr, scale)), scale))
-        rows["model"].append(psnr_ssim(hr, to_rgb(upscale(G, lr, scale)), scale))
+        hr, by_bicubic, by_model = upscale_photo(G, rgb, scale, device)
+        rows["bicubic"].append(psnr_ssim(hr, by_bicubic, scale))
+        rows["model"].append(psnr_ssim(hr, by_model, scale))
     out = {}
     for name, values in rows.items():
         prefix = "" if name == "model" else "bicubic_"
