@@ -239,6 +239,10 @@ CONFIG_CASES = {
     "r2-on-srgan": (train("--family", "srgan", "--r2", "1"), "R1/R2 penalties do not apply"),
     "rpgan-on-srgan": (train("--family", "srgan", "--loss", "rpgan"), "not rpgan"),
     "r2-on-vae": (train("--family", "vae", "--r2", "1"), "train.r2 belongs to the adversarial"),
+    "reg-every-alone": (train("--reg-every", "4"), "neither is on: set --r1 or --r2"),
+    "reg-every-on-vae": (
+        train("--family", "vae", "--reg-every", "4"), "train.reg_every belongs to the adversarial"
+    ),
     "ema-kimg-on-lapgan": (train("--family", "lapgan", "--ema-kimg", "5"), "--ema-kimg"),
     "r3gan-groups": (
         train("--family", "r3gan", "--model.group-width", "48"),

@@ -57,6 +57,7 @@ def test_defaults_are_the_classic_tutorial():
         ({"family": "dcgan", "r2": "1"}, "the R2 penalty needs a critic without BatchNorm"),
         ({"r2": "-1"}, "r2, aux_weight and instance_noise must be >= 0"),
         ({"gamma-final": "1.5"}, "gamma_final must be in .0, 1., got 1.5"),
+        ({"reg-every": "0"}, "reg_every must be >= 1 .1 = every step., got 0"),
         ({"ema-kimg": "-1"}, "ema_kimg must be >= 0"),
         ({"loss": "hinge", "label-smoothing": "0.1"}, "no meaning for the hinge loss"),
         ({"family": "dcgan", "d-norm": "group"}, "unknown d_norm"),

@@ -238,6 +238,29 @@ def test_r1_and_r2_fall_to_gamma_final_and_resume_on_the_same_ramp(tiny_cfg, tmp
     assert [r1 for r1, _ in seen] == pytest.approx([0.2, 0.2, 0.2])
 
 
+def test_reg_every_applies_r1_and_r2_lazily_and_logs_their_own_mean(tiny_cfg, tmp_path, monkeypatch):
+    seen, norms = [], []
+    real_step = mlp.step
+
+    def spy(nets, opts, batches, z_fn, game, train_g=True):
+        seen.append((game.r1, game.r2))
+        out = real_step(nets, opts, batches, z_fn, game, train_g)
+        norms.append(float(out["loss/r1"]) if "loss/r1" in out else None)
+        return out
+
+    monkeypatch.setattr(mlp, "step", spy)
+    cfg = tiny_cfg(steps=7, loss="rpgan", r1=2.0, r2=1.0, gamma_final=0.1, reg_every=3,
+                   log_every=7)  # fmt: skip
+    train(cfg, tmp_path / "run", progress=False, log=quiet)
+    f = [3 * (0.1 + 0.9 * (7 - s) / 7) if s % 3 == 0 else 0 for s in range(7)]  # steps 0, 3, 6
+    assert [r1 for r1, _ in seen] == pytest.approx([2 * x for x in f])
+    assert [r2 for _, r2 in seen] == pytest.approx([1 * x for x in f])
+    logged, _ = scalars(tmp_path / "run")  # the mean of the 3 penalised steps, not over all 7
+    penalised = [n for n in norms if n is not None]
+    assert len(penalised) == 3
+    assert logged["loss/r1"] == pytest.approx([sum(penalised) / 3], rel=1e-5)
+
+
 def test_ema_kimg_is_a_half_life_in_images(tiny_cfg):
     cfg = tiny_cfg(batch_size=64, ema_kimg=5)
     # 5,000 images = 78.125 steps of 64: the average forgets half of an old weight

@@ -939,8 +939,10 @@ def cmd_list() -> int:
     print("augment:      " + ", ".join(AUGMENTATIONS) + "  (--augment, DiffAugment)")
     print("datasets:     " + ", ".join(DATASETS))
     print("presets (gankit train --config NAME; --dry-run prints one as YAML to copy):")
-    for name in preset_names():
-        print(f"  {name:<16} {preset_summary(name)}")
+    names = preset_names()
+    width = max(map(len, names), default=0)
+    for name in names:
+        print(f"  {name:<{width}}  {preset_summary(name)}")
     return 0
 
 

@@ -71,6 +71,9 @@ class TrainConfig:
     r1: float = 0.0  # gamma of the R1 penalty gamma/2 * E|grad D(x)|^2 on reals; 0 = off
     r2: float = 0.0  # gamma of the R2 penalty gamma/2 * E|grad D(G(z))|^2 on fakes; 0 = off
     gamma_final: float = 1.0  # r1 and r2 fall linearly to this fraction of them by the end
+    # lazy regularisation (StyleGAN2, Karras et al. 2020): R1 and R2 only every reg_every-th
+    # step, weighted x reg_every, so the penalties cost 1/reg_every of their double backward
+    reg_every: int = 1
     aux_weight: float = 1.0  # weight of ACGAN's class loss (model.cond acgan only)
     aux_fakes: bool = True  # ACGAN: D's class loss also on fakes (the paper); false = reals only
     ema: float = 0.0  # decay of a moving average of G's weights used to sample; 0 = off
@@ -137,6 +140,8 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if min(self.gp_weight, self.r1, self.r2, self.aux_weight, self.instance_noise) < 0:
             raise ValueError("gp_weight, r1, r2, aux_weight and instance_noise must be >= 0")
+        if self.reg_every < 1:
+            raise ValueError(f"reg_every must be >= 1 (1 = every step), got {self.reg_every}")
         if not 0 <= self.gamma_final <= 1:
             raise ValueError(f"gamma_final must be in [0, 1], got {self.gamma_final}")
         if not 0 <= self.ema < 1:
@@ -240,6 +245,11 @@ def check_combination(cfg: Config) -> None:
         return
     loss = GAN_LOSSES[t.loss]
     batchnorm_d = getattr(m, "d_norm", "none") == "batch"
+    if t.reg_every > 1 and not (t.r1 or t.r2):
+        raise GankitError(
+            f"train.reg_every {t.reg_every} spaces out the R1 and R2 penalties, and neither is "
+            f"on: set --r1 or --r2, or drop --reg-every"
+        )
     if batchnorm_d and (loss.gradient_penalty or t.r1 or t.r2):
         named = " and ".join(n for n, gamma in (("R1", t.r1), ("R2", t.r2)) if gamma)
         what = "wgan-gp's gradient penalty" if loss.gradient_penalty else f"the {named} penalty"

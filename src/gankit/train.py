@@ -436,6 +436,14 @@ class Logbook:
             self.writer.close()
 
 
+def penalty_factor(t, run: Run) -> float:
+    """What R1 and R2 are multiplied by at this step: gamma_final's ramp, and lazy
+    regularisation's reg_every (the penalties on one step in reg_every, x reg_every)."""
+    if run.step % t.reg_every:
+        return 0.0
+    return t.reg_every * (t.gamma_final + (1 - t.gamma_final) * run.gamma_ramp(run.step))
+
+
 class Scalars:
     """Running sums of the step's scalars stay on the device (no sync per step); every
     log_every steps their window means, averaged over the ranks, are logged."""
@@ -446,11 +454,12 @@ class Scalars:
         self.reset()
 
     def reset(self) -> None:
-        self.window, self.n, self.t0 = {}, 0, time.perf_counter()
+        self.window, self.counts, self.n, self.t0 = {}, {}, 0, time.perf_counter()
 
     def add(self, out: dict) -> None:
-        for k, v in out.items():
+        for k, v in out.items():  # some only on some steps (R1 and R2 under train.reg_every)
             self.window[k] = self.window.get(k, 0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
         self.n += 1
 
     def __call__(self, run: Run, out: dict, book: Logbook) -> None:
@@ -458,7 +467,8 @@ class Scalars:
         if not _due(run.step, self.every, t.steps):
             return
         now = time.perf_counter()
-        means = distributed.mean_scalars(run.dist, {k: v / self.n for k, v in self.window.items()})
+        means = {k: v / self.counts[k] for k, v in self.window.items()}
+        means = distributed.mean_scalars(run.dist, means)
         means["perf/images_per_s"] = self.n * t.batch_size * t.n_critic / (now - self.t0)
         book.scalars(means, run.step)
         book.bar.set_postfix_str(_postfix(means, run.sampler.epochs_done), refresh=False)
@@ -875,8 +885,8 @@ def _loop(run: Run, evaluator, game: GameSettings, book: Logbook, start: int, lo
             run.learning_rates()
             if t.instance_noise:
                 game = replace(game, instance_noise=t.instance_noise * run.noise_ramp(run.step))
-            if t.gamma_final < 1 and (t.r1 or t.r2):
-                f = t.gamma_final + (1 - t.gamma_final) * run.gamma_ramp(run.step)
+            if t.r1 or t.r2:
+                f = penalty_factor(t, run)
                 game = replace(game, r1=t.r1 * f, r2=t.r2 * f)
             out = run.family.step(
                 run.nets, run.opts, batches, run.z_fn, game, train_g=run.step >= t.d_warmup

@@ -63,6 +63,7 @@ def check(cfg: Config, train_cfg) -> None:
     """Refuse the adversarial game's options: the VAE trains by its own objective."""
     defaults = type(train_cfg)()
     game_only = ("loss", "n_critic", "d_warmup", "label_smoothing", "r1", "r2", "gamma_final")
+    game_only += ("reg_every",)
     game_only += ("augment",)
     for name in (*game_only, "instance_noise"):
         if getattr(train_cfg, name) != getattr(defaults, name):
