@@ -189,6 +189,33 @@ def test_r3gan_follows_the_paper():
     assert widen.weight.std().item() == pytest.approx(he * 6**-0.25, rel=0.05)
 
 
+def test_r3gan_image_blocks_set_the_full_resolution_stage_alone():
+    def input_sizes(net):  # filled, as net runs, with the side of each block's input
+        sizes = []
+        for m in net.modules():
+            if isinstance(m, r3gan.Block):
+                m.register_forward_hook(lambda mod, args, out: sizes.append(args[0].shape[-1]))
+        return sizes
+
+    torch.manual_seed(0)
+    cfg = r3gan.Config(ngf=8, ndf=8, blocks=2, g_image_blocks=1, d_image_blocks=0)
+    nets = r3gan.build(cfg, (1, 28, 28))
+    G, D = nets["G"], nets["D"]
+    g_sizes, d_sizes = input_sizes(G), input_sizes(D)
+    x = G(torch.randn(3, cfg.nz))
+    assert x.shape == (3, 1, 28, 28) and D(x).shape == (3,)
+    assert sorted(g_sizes) == [7, 7, 14, 14, 28]
+    assert sorted(d_sizes) == [7, 7, 14, 14]  # none at 28 x 28
+    # Fix-up counts the blocks each network has: 5 in G, 4 in D
+    for net, count in ((G, 5), (D, 4)):
+        widen = next(m for m in net.modules() if isinstance(m, r3gan.Block)).widen
+        fan_in = widen.in_channels  # a 1 x 1 convolution
+        he = math.sqrt(2 / (1 + 0.2**2)) / math.sqrt(fan_in)
+        assert widen.weight.std().item() == pytest.approx(he * count**-0.25, rel=0.05)
+    with pytest.raises(ValueError, match="d_image_blocks"):
+        r3gan.Config(d_image_blocks=-2)
+
+
 def test_r3gan_resamples_centred_with_r3gans_filter():
     x = torch.randn(1, 2, 8, 8)
     down, up = r3gan.Resample(2, up=False), r3gan.Resample(2, up=True)

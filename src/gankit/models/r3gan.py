@@ -59,6 +59,12 @@ class Config:
     ndf: int = 32  # D's width at full resolution, doubling with depth (up to max_width)
     max_width: int = 256  # cap on any stage's width
     blocks: int = 1  # residual blocks at each resolution, in G and in D
+    # blocks at the image's own resolution (-1: `blocks`), in G and in D. That stage costs the
+    # most, in D the most of all (R1 and R2 differentiate it twice); d_image_blocks 0 leaves D
+    # only its 1 x 1 convolution from the image there. G needs its blocks: without them its
+    # images are smooth upsamplings of 14 x 14 features.
+    g_image_blocks: int = -1
+    d_image_blocks: int = -1
     expansion: int = 2  # the inverted bottleneck's widening e: C -> C*e -> C
     group_width: int = 16  # channels per group of the 3 x 3 convolution
     leak: float = 0.2  # negative slope of the leaky ReLUs
@@ -69,6 +75,11 @@ class Config:
         check_conditioning(self.cond, self.embed_dim)
         if min(self.nz, self.ngf, self.ndf, self.max_width, self.blocks, self.expansion) < 1:
             raise ValueError("nz, ngf, ndf, max_width, blocks and expansion must be >= 1")
+        for name in ("g_image_blocks", "d_image_blocks"):
+            if getattr(self, name) < -1:
+                raise ValueError(
+                    f"{name} must be >= 0, or -1 for blocks, got {getattr(self, name)}"
+                )
         if self.group_width < 1:
             raise ValueError(f"group_width must be >= 1, got {self.group_width}")
         for name in ("ngf", "ndf", "max_width"):  # every stage's width is one of these x 2^k
@@ -80,13 +91,15 @@ class Config:
                 )
 
 
-def plan(cfg: Config, width: int, img_shape: tuple[int, int, int]) -> tuple:
-    """(base, n, channels, scale) of one network: the basis is base x base, then n doublings;
-    channels at each resolution from the basis (index 0) to the image (index n), `width` at
-    full size doubling towards the basis up to max_width; Fix-up's L^(-1/4) for its L blocks."""
+def plan(cfg: Config, width: int, top: int, img_shape: tuple[int, int, int]) -> tuple:
+    """(base, n, channels, blocks, scale) of one network: the basis is base x base, then n
+    doublings; channels and residual blocks at each resolution from the basis (index 0) to the
+    image (index n): `width` channels and `top` blocks (-1: cfg.blocks) at full size, the width
+    doubling towards the basis up to max_width; Fix-up's L^(-1/4) for its L blocks."""
     base, n = layout(img_shape[1], "r3gan")
     channels = [min(width * 2 ** (n - i), cfg.max_width) for i in range(n + 1)]
-    return base, n, channels, (cfg.blocks * (n + 1)) ** -0.25
+    blocks = [cfg.blocks] * n + [cfg.blocks if top < 0 else top]
+    return base, n, channels, blocks, max(sum(blocks), 1) ** -0.25
 
 
 class Resample(nn.Module):
@@ -131,9 +144,9 @@ class Block(nn.Module):
         return x + self.narrow(self.act(self.mix(self.act(self.widen(x)))))
 
 
-def stage(c: int, cfg: Config, scale: float) -> nn.Sequential:
+def stage(c: int, blocks: int, cfg: Config, scale: float) -> nn.Sequential:
     return nn.Sequential(
-        *(Block(c, cfg.expansion, cfg.group_width, cfg.leak, scale) for _ in range(cfg.blocks))
+        *(Block(c, cfg.expansion, cfg.group_width, cfg.leak, scale) for _ in range(blocks))
     )
 
 
@@ -152,13 +165,13 @@ class Generator(nn.Module):
         num_classes: int = 0,  # 0 = unconditional
     ):
         super().__init__()
-        base, n, c, scale = plan(cfg, cfg.ngf, img_shape)
+        base, n, c, blocks, scale = plan(cfg, cfg.ngf, cfg.g_image_blocks, img_shape)
         self.input = LabelledLatent(num_classes, cfg.embed_dim)
         self.project = nn.Linear(cfg.nz + self.input.extra, c[0])
         self.basis = nn.Parameter(torch.randn(c[0], base, base))  # scaled per sample by z
         layers = []
         for i in range(n + 1):
-            layers.append(stage(c[i], cfg, scale))
+            layers.append(stage(c[i], blocks[i], cfg, scale))
             if i < n:  # narrow at the low resolution, then up: the cheaper order
                 layers += [conv1x1(c[i], c[i + 1]), Resample(c[i + 1], up=True)]
         layers.append(conv1x1(c[n], img_shape[0]))
@@ -177,11 +190,11 @@ class Discriminator(nn.Module):
         num_classes: int = 0,  # 0 = unconditional
     ):
         super().__init__()
-        base, n, c, scale = plan(cfg, cfg.ndf, img_shape)
+        base, n, c, blocks, scale = plan(cfg, cfg.ndf, cfg.d_image_blocks, img_shape)
         self.planes = num_classes if cfg.cond == "concat" else 0  # one-hot label planes
         layers = [conv1x1(img_shape[0] + self.planes, c[n])]
         for i in range(n, -1, -1):
-            layers.append(stage(c[i], cfg, scale))
+            layers.append(stage(c[i], blocks[i], cfg, scale))
             if i > 0:  # down at the wide channel count's cheaper side: before widening
                 layers += [Resample(c[i], up=False), conv1x1(c[i], c[i - 1])]
         self.net = nn.Sequential(*layers)
