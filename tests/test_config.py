@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -112,6 +114,9 @@ def test_the_mnist_presets_cover_the_issue():
     assert {"r3gan-mnist", "r3gan-stacked-mnist", "r3gan-cifar10", "r3gan-cifar10-cond"} <= names
 
 
-def test_default_preset_is_the_default_config():
-    preset = load_config("mlp-mnist")
-    assert preset == Config()  # `make train` and a bare `gankit train` train the same model
+def test_default_preset_is_the_default_config_sampled_from_a_g_average():
+    """`make train` trains what a bare `gankit train` trains (the defaults, which every
+    family accepts) and samples, like every GAN preset, from G's moving average."""
+    preset, defaults = load_config("mlp-mnist"), Config()
+    assert defaults.train.ema == 0 and preset.train.ema == 0.999
+    assert preset == replace(defaults, train=replace(defaults.train, ema=0.999))
