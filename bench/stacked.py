@@ -8,7 +8,7 @@ mode histogram to uniform. The baseline row is the `dcgan` family with the non-s
 loss (the DCGAN paper's settings, ngf = ndf = 32) trained for as many steps as fit in the
 preset's mean training time, measured by timing its first 100 steps.
 
-    python bench/stacked.py [--seeds 3] [--preset r3gan-stacked-mnist] [--steps N]
+    python bench/stacked.py [--seeds 3] [--first-seed 0] [--preset r3gan-stacked-mnist] [--steps N]
                             [--no-baseline] [--runs-dir DIR] [--log stacked.jsonl]
 
 Published (26,000 samples, modes / KL): DCGAN 99 / 3.40 and PacDCGAN2 1,000 / 0.06 (Lin et
@@ -89,7 +89,10 @@ def table(rows: list[dict]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (default: 3)")
+    p.add_argument("--seeds", type=int, default=3, help="how many seeds (default: 3)")
+    p.add_argument(
+        "--first-seed", type=int, default=0, help="the seeds are K .. K+N-1 (default: 0)"
+    )
     p.add_argument("--preset", default="r3gan-stacked-mnist")
     p.add_argument("--steps", type=int, help="override the preset's length (quick checks)")
     p.add_argument("--n", type=int, default=DEFAULT_SAMPLES, help="samples scored per run")
@@ -97,8 +100,8 @@ def main() -> int:
     p.add_argument("--runs-dir", help="keep the runs here (default: a temporary folder)")
     p.add_argument("--log", help="also append each run's results to this JSON-lines file")
     args = p.parse_args()
-    if args.seeds < 1 or args.n < 1:
-        print("stacked: --seeds and --n must be >= 1", file=sys.stderr)
+    if args.seeds < 1 or args.n < 1 or args.first_seed < 0:
+        print("stacked: --seeds and --n must be >= 1, --first-seed >= 0", file=sys.stderr)
         return 2
     print(
         f"{args.preset}, {args.seeds} seed(s), {torch.get_num_threads()} threads, {args.n} samples"
@@ -116,7 +119,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = Path(args.runs_dir or tmp)
         overrides = {"device": "cpu"} | ({"steps": str(args.steps)} if args.steps else {})
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             cfg = load_config(args.preset, overrides | {"seed": str(seed)})
             report(train_and_score(f"{args.preset}-{seed}", cfg, runs_dir, evaluator, args.n))
         if not args.no_baseline:

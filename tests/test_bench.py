@@ -1,6 +1,7 @@
 """The bench scripts still run against the current API (their figures are not asserted)."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 BENCH = Path(__file__).parents[1] / "bench"
@@ -79,3 +80,13 @@ def test_stacked_scores_a_shortened_preset_and_times_its_dcgan_baseline(tmp_path
     assert stacked.baseline_steps(64, 1e6, tmp_path) > 100  # a long budget: many steps
     line = stacked.table([row]).splitlines()[-1]
     assert f"| {row['stacked_modes']:.0f} |" in line
+
+
+def test_stacked_runs_the_seeds_from_first_seed(tmp_path, monkeypatch):
+    """Seeds can be split between processes: --seeds 1 --first-seed 2 trains seed 2 alone."""
+    stacked, log = load("stacked"), tmp_path / "stacked.jsonl"
+    argv = ["--seeds", "1", "--first-seed", "2", "--steps", "2", "--n", "300", "--no-baseline"]
+    monkeypatch.setattr("sys.argv", ["stacked.py", *argv, "--log", str(log)])
+    assert stacked.main() == 0
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["run"], r["seed"], r["steps"]) for r in rows] == [("r3gan-stacked-mnist-2", 2, 2)]
