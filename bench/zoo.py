@@ -93,18 +93,25 @@ def plot(rows: list[dict], path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     max_fd = max(r["metrics"]["fd_mnistnet"] for r in rows)
-    for r in rows:
+    points = [(r["wall_s"] / 60, r["metrics"]["fd_mnistnet"]) for r in rows]
+    for r, (x, y) in zip(rows, points, strict=True):
         conditional = "label_accuracy" in r["metrics"]
-        x, y = r["wall_s"] / 60, r["metrics"]["fd_mnistnet"]
         ax.scatter(
             x, y, s=36, marker="s" if conditional else "o", color="C1" if conditional else "C0"
         )
-        ax.annotate(r["preset"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 50, not 5 x 10^1
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_yticks([t for t in (2, 5, 10, 20, 50, 100, 200, 500) if t < 1.5 * max_fd])
+    ax.set_yticks([t for t in (2, 5, 10, 20, 50, 100, 200, 500) if t < 1.25 * max_fd])
     ax.set_xlim(0, max(r["wall_s"] for r in rows) / 60 * 1.2 + 0.5)  # room for the labels
+    # fixed limits (room for a label below the lowest point) and the final layout, so that
+    # the pixel boxes label_offsets computes are where the labels land
+    ax.set_ylim(min(y for _, y in points) / 1.3, max_fd * 1.25)
+    fig.tight_layout()
+    for (r, (x, y)), offset in zip(
+        zip(rows, points, strict=True), label_offsets(ax, rows, points), strict=True
+    ):
+        ax.annotate(r["preset"], (x, y), textcoords="offset points", xytext=offset, fontsize=8)
     ax.set_xlabel("training time on this machine (minutes)")
     ax.set_ylabel("FD in MnistNet features (lower is better)")
     ax.set_title("gankit's MNIST presets: quality against training time", fontsize=10)
@@ -115,6 +122,29 @@ def plot(rows: list[dict], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def label_offsets(ax, rows: list[dict], points: list[tuple[float, float]]) -> list[tuple]:
+    """Each label above right of its point, or below right where that would overlap a label
+    already placed (presets of near time and FD, such as cgan and acgan): a greedy pass from
+    the highest FD down, so the lower of two close points takes the label below. matplotlib has no label placement of its own; adjustText would be a
+    dependency for ten labels."""
+    to_px = ax.transData.transform
+    pt = ax.figure.dpi / 72  # pixels per point
+    placed, offsets = [], [None] * len(rows)
+    for i in sorted(range(len(rows)), key=lambda i: -points[i][1]):
+        px, py = to_px(points[i])
+        width = 0.62 * 8 * pt * len(rows[i]["preset"])  # 8-point text, ~0.62 em a character
+        for dy in (4, -11, 12, -19):
+            # the text sits on its baseline at dy: 3 points of descenders and margin below it
+            box = (px + 5 * pt, py + (dy - 3) * pt, px + 5 * pt + width, py + (dy + 9) * pt)
+            if not any(
+                box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed
+            ):
+                break
+        placed.append(box)
+        offsets[i] = (5, dy)
+    return offsets
 
 
 def mnist_presets() -> list[str]:

@@ -27,6 +27,24 @@ def test_zoo_trains_scores_and_tabulates_a_shortened_preset(tmp_path):
     assert "cgan-mnist" in table and table.count("\n") == 2
 
 
+def test_zoo_plot_puts_the_label_of_the_lower_of_two_close_points_below_it():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    zoo = load("zoo")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    ax.set_yscale("log")
+    ax.set_xlim(0, 10)
+    ax.set_ylim(1, 100)
+    rows = [{"preset": n} for n in ("lower-mnist", "upper-mnist", "far-mnist")]
+    points = [(3.0, 16.0), (3.0, 17.0), (8.0, 16.0)]  # the lower of the close two first
+    (_, lower_dy), (_, upper_dy), (_, far_dy) = zoo.label_offsets(ax, rows, points)
+    plt.close(fig)
+    assert upper_dy > 0 and far_dy > 0 and lower_dy < 0
+
+
 def test_mode_collapse_runs_a_shortened_remedy_and_tabulates_worst_seeds(tmp_path):
     mc = load("mode_collapse")
     rows = [mc.one_run("r1", "ring", seed, 4, str(tmp_path)) for seed in (0, 1)]
