@@ -8,8 +8,8 @@ mode histogram to uniform. The baseline row is the `dcgan` family with the non-s
 loss (the DCGAN paper's settings, ngf = ndf = 32) trained for as many steps as fit in the
 preset's mean training time, measured by timing its first 100 steps.
 
-    python bench/stacked.py [--seeds 3] [--first-seed 0] [--preset r3gan-stacked-mnist] [--steps N]
-                            [--no-baseline] [--runs-dir DIR] [--log stacked.jsonl]
+    python bench/stacked.py [--seeds 3] [--first-seed 0] [--preset r3gan-stacked-mnist]
+                            [--steps N] [--no-baseline] [--runs-dir DIR] [--log stacked.jsonl]
 
 Published (26,000 samples, modes / KL): DCGAN 99 / 3.40 and PacDCGAN2 1,000 / 0.06 (Lin et
 al. 2018); R3GAN 1,000 / 0.029 (Huang et al. 2024, on GPUs). 26,000 uniform draws leave KL

@@ -83,6 +83,9 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+LABEL_PT = 8  # the plot's label font size, in points
+
+
 def plot(rows: list[dict], path: str) -> None:
     """FD against training time, log-scaled FD, one labelled point a preset (matplotlib)."""
     import matplotlib
@@ -108,10 +111,11 @@ def plot(rows: list[dict], path: str) -> None:
     # the pixel boxes label_offsets computes are where the labels land
     ax.set_ylim(min(y for _, y in points) / 1.3, max_fd * 1.25)
     fig.tight_layout()
-    for (r, (x, y)), offset in zip(
-        zip(rows, points, strict=True), label_offsets(ax, rows, points), strict=True
-    ):
-        ax.annotate(r["preset"], (x, y), textcoords="offset points", xytext=offset, fontsize=8)
+    offsets = label_offsets(ax, rows, points)
+    for r, (x, y), offset in zip(rows, points, offsets, strict=True):
+        ax.annotate(
+            r["preset"], (x, y), textcoords="offset points", xytext=offset, fontsize=LABEL_PT
+        )
     ax.set_xlabel("training time on this machine (minutes)")
     ax.set_ylabel("FD in MnistNet features (lower is better)")
     ax.set_title("gankit's MNIST presets: quality against training time", fontsize=10)
@@ -127,14 +131,14 @@ def plot(rows: list[dict], path: str) -> None:
 def label_offsets(ax, rows: list[dict], points: list[tuple[float, float]]) -> list[tuple]:
     """Each label above right of its point, or below right where that would overlap a label
     already placed (presets of near time and FD, such as cgan and acgan): a greedy pass from
-    the highest FD down, so the lower of two close points takes the label below. matplotlib has no label placement of its own; adjustText would be a
-    dependency for ten labels."""
+    the highest FD down, so the lower of two close points takes the label below. matplotlib
+    has no label placement of its own; adjustText would be a dependency for ten labels."""
     to_px = ax.transData.transform
     pt = ax.figure.dpi / 72  # pixels per point
     placed, offsets = [], [None] * len(rows)
     for i in sorted(range(len(rows)), key=lambda i: -points[i][1]):
         px, py = to_px(points[i])
-        width = 0.62 * 8 * pt * len(rows[i]["preset"])  # 8-point text, ~0.62 em a character
+        width = 0.62 * LABEL_PT * pt * len(rows[i]["preset"])  # ~0.62 em a character
         for dy in (4, -11, 12, -19):
             # the text sits on its baseline at dy: 3 points of descenders and margin below it
             box = (px + 5 * pt, py + (dy - 3) * pt, px + 5 * pt + width, py + (dy + 9) * pt)

@@ -241,7 +241,8 @@ CONFIG_CASES = {
     "r2-on-vae": (train("--family", "vae", "--r2", "1"), "train.r2 belongs to the adversarial"),
     "reg-every-alone": (train("--reg-every", "4"), "neither is on: set --r1 or --r2"),
     "reg-every-on-vae": (
-        train("--family", "vae", "--reg-every", "4"), "train.reg_every belongs to the adversarial"
+        train("--family", "vae", "--reg-every", "4"),
+        "train.reg_every belongs to the adversarial",
     ),
     "ema-kimg-on-lapgan": (train("--family", "lapgan", "--ema-kimg", "5"), "--ema-kimg"),
     "r3gan-groups": (

@@ -238,7 +238,9 @@ def test_r1_and_r2_fall_to_gamma_final_and_resume_on_the_same_ramp(tiny_cfg, tmp
     assert [r1 for r1, _ in seen] == pytest.approx([0.2, 0.2, 0.2])
 
 
-def test_reg_every_applies_r1_and_r2_lazily_and_logs_their_own_mean(tiny_cfg, tmp_path, monkeypatch):
+def test_reg_every_applies_r1_and_r2_lazily_and_logs_their_own_mean(
+    tiny_cfg, tmp_path, monkeypatch
+):
     seen, norms = [], []
     real_step = mlp.step
 
