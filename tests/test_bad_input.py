@@ -244,7 +244,6 @@ CONFIG_CASES = {
         train("--family", "vae", "--reg-every", "4"),
         "train.reg_every belongs to the adversarial",
     ),
-    "ema-kimg-on-lapgan": (train("--family", "lapgan", "--ema-kimg", "5"), "--ema-kimg"),
     "r3gan-groups": (
         train("--family", "r3gan", "--model.group-width", "48"),
         "ngf 32 x expansion 2 = 64 channels do not split into groups of group_width 48",

@@ -13,7 +13,14 @@ from conftest import quiet
 from gankit import checkpoint as ckpt
 from gankit.augment import diff_augment, parse_policy
 from gankit.config import load_config
-from gankit.game import GameSettings, add_ema, adversarial_step, make_optimizers, sampling_nets
+from gankit.game import (
+    GameSettings,
+    add_ema,
+    adversarial_step,
+    generator_names,
+    make_optimizers,
+    sampling_nets,
+)
 from gankit.losses import (
     GAN_LOSSES,
     gradient_penalty,
@@ -65,7 +72,7 @@ def one_step(cfg, nets, game: GameSettings, opts=None):
 
 def players(nets: dict[str, nn.Module]) -> dict[str, nn.Module]:
     """The trained networks (G, D; G0, D0, ...; E, G), not G's moving average."""
-    return {k: v for k, v in nets.items() if k != "G_ema"}
+    return {k: v for k, v in nets.items() if not k.endswith("_ema")}
 
 
 def snapshot(nets) -> dict[str, list[torch.Tensor]]:
@@ -123,7 +130,7 @@ REGULARISERS = [
 
 
 NOT_FOR = {  # refused by LAPGAN's check; R3GAN's D has no spectral norm by design
-    "lapgan": {"model.spectral_norm", "train.ema", "train.augment"},
+    "lapgan": {"model.spectral_norm", "train.augment"},
     "r3gan": {"model.spectral_norm"},
 }
 REG_CASES = [(f, reg) for f in GANS for reg in REGULARISERS if not NOT_FOR.get(f, set()) & set(reg)]
@@ -154,17 +161,21 @@ def test_regularisers_train_every_family(family, reg):
         assert float(out["loss/r1"]) > 0
     if t.r2:
         assert float(out["loss/r2"]) > 0
-    if t.ema:  # the average starts at G's first update, then lags behind G
-        g1 = params(nets["G"])
-        assert not moved(g1, nets["G_ema"].module)
+    if t.ema:  # each G's average starts at its first update, then lags behind it
+        gs = generator_names(nets)
+        assert gs and all(f"{g}_ema" in nets for g in gs)
+        first = {g: params(nets[g]) for g in gs}
+        assert not any(moved(first[g], nets[f"{g}_ema"].module) for g in gs)
         one_step(cfg, nets, game)
-        assert moved(g1, nets["G_ema"].module) and moved(params(nets["G"]), nets["G_ema"].module)
+        for g in gs:
+            ema = nets[f"{g}_ema"].module
+            assert moved(first[g], ema) and moved(params(nets[g]), ema)
 
 
 EXTRAS = {
     "mlp": {"cond": "projection", "ema": 0.9, "spectral_norm": True},
     "dcgan": {"cond": "acgan", "ema": 0.9, "spectral_norm": True, "d_norm": "none"},
-    "lapgan": {"cond": "concat"},
+    "lapgan": {"cond": "concat", "ema": 0.9},
     "vae": {"arch": "conv", "likelihood": "gaussian", "ema": 0.9},
     "r3gan": {"cond": "projection", "ema": 0.9},
 }

@@ -77,14 +77,23 @@ def has_batchnorm(net: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 
+def generator_names(nets: dict[str, nn.Module]) -> list[str]:
+    """The generators among `nets`: G, or G0, G1, ... (LAPGAN's one per pyramid level)."""
+    return [k for k in nets if k == "G" or (k[:1] == "G" and k[1:].isdigit())]
+
+
 def add_ema(nets: dict[str, nn.Module], decay: float) -> dict[str, nn.Module]:
-    """Add "G_ema": an exponential moving average of G's weights and buffers (BatchNorm's
-    running statistics too), updated after every G step and used for sampling and evaluation
-    (Karras et al. 2018; Yazici et al. 2019)."""
+    """Add "G_ema" (or "G0_ema", "G1_ema", ... for LAPGAN's levels): an exponential moving
+    average of each generator's weights and buffers (BatchNorm's running statistics too),
+    updated after every G step and used for sampling and evaluation (Karras et al. 2018;
+    Yazici et al. 2019)."""
     from torch.optim.swa_utils import AveragedModel
 
-    ema = AveragedModel(nets["G"], multi_avg_fn=ema_with_warmup(decay), use_buffers=True)
-    return nets | {"G_ema": ema.requires_grad_(False)}
+    emas = {}
+    for name in generator_names(nets):
+        ema = AveragedModel(nets[name], multi_avg_fn=ema_with_warmup(decay), use_buffers=True)
+        emas[f"{name}_ema"] = ema.requires_grad_(False)
+    return nets | emas
 
 
 def ema_with_warmup(decay: float):
@@ -105,10 +114,11 @@ def ema_with_warmup(decay: float):
 
 
 def sampling_nets(nets: dict[str, nn.Module]) -> dict[str, nn.Module]:
-    """The networks to draw samples from: G is replaced by its moving average when there is one."""
-    if "G_ema" in nets:
-        return nets | {"G": nets["G_ema"].module}
-    return nets
+    """The networks to draw samples from: each generator is replaced by its moving average
+    when there is one."""
+    return nets | {
+        name: nets[f"{name}_ema"].module for name in generator_names(nets) if f"{name}_ema" in nets
+    }
 
 
 def twice(cond):

@@ -338,7 +338,7 @@ def build_run(
     if d.rank:  # identical weights on every rank; dropout and augmentation differ per rank
         torch.manual_seed(_rank_seed(t.seed, d.rank))
     # D, D0, D1...: the discriminators' rate; G, E (a VAE's encoder), G0...: the generators'.
-    lr = {k: t.lr_d if k.startswith("D") else t.lr_g for k in nets if k != "G_ema"}
+    lr = {k: t.lr_d if k.startswith("D") else t.lr_g for k in nets if not k.endswith("_ema")}
     opts = make_optimizers(nets, lr, (t.beta1, t.beta2))
     distributed.average_gradients(d, opts)
     sampler = BatchSampler(len(data), t.batch_size, t.seed)

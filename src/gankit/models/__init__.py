@@ -20,7 +20,8 @@ input_shapes(cfg, img_shape)            {name: shape} of what `generate` takes, 
                                         the inputs of `gankit export` and `sample --latents`
 
 `generate` uses only the networks named G or G<k> (G0, G1, ...): `gankit export`
-packs those, with G's moving average (G_ema) in G's place when the run keeps one.
+packs those, each with its moving average (G_ema, G0_ema, ...) in its place when the run
+keeps one.
 """
 
 from gankit.models import dcgan, lapgan, mlp, r3gan, srgan, vae

@@ -64,10 +64,6 @@ class Config:
 
 def check(cfg: Config, train_cfg) -> None:
     """Options of the image families that do not carry over to a pyramid of GANs."""
-    if train_cfg.ema:
-        raise GankitError(
-            "train.ema averages one G; LAPGAN has one per level: drop --ema / --ema-kimg"
-        )
     if train_cfg.augment:
         raise GankitError(
             "train.augment would change LAPGAN's residuals but not the coarse images they "
@@ -285,6 +281,8 @@ def step(nets, opts, batches, z_fn, game, train_g: bool = True) -> dict[str, Ten
             return z_fn(n)[:, k * nz : (k + 1) * nz]
 
         pair = {"G": nets[f"G{k}"], "D": nets[f"D{k}"]}
+        if f"G{k}_ema" in nets:  # each level's G has its own moving average
+            pair["G_ema"] = nets[f"G{k}_ema"]
         level_opts = {"G": opts[f"G{k}"], "D": opts[f"D{k}"]}
         for key, value in adversarial_step(
             pair, level_opts, level_batches, z_level, game, train_g
