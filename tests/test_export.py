@@ -57,6 +57,11 @@ RUNS = {  # key: (family, `gankit train` options, the inputs of the exported gra
         ],
         ["z", "labels"],
     ),
+    "r3gan-linear": (  # DCGAN's opening in place of the basis
+        "r3gan",
+        ["--family", "r3gan", "--g-opening", "linear", *TINY_GAN, "--group-width", "8"],
+        ["z"],
+    ),
     "lapgan": (
         "lapgan",
         ["--config", "lapgan-mnist", *TINY_GAN[:4], "--model.nz", "4", "--coarse-widths", "16"]

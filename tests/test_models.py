@@ -216,6 +216,28 @@ def test_r3gan_image_blocks_set_the_full_resolution_stage_alone():
         r3gan.Config(d_image_blocks=-2)
 
 
+@pytest.mark.parametrize("opening", ["basis", "linear"])
+def test_r3gan_openings(opening):
+    """The basis: each channel of G's 7 x 7 opening is one fixed pattern that z only scales;
+    linear: z changes each channel's pattern too."""
+    torch.manual_seed(0)
+    cfg = r3gan.Config(ngf=8, ndf=8, g_opening=opening, cond="projection")
+    G = r3gan.build(cfg, (1, 28, 28), num_classes=10)["G"]
+    seen = []
+    G.net.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    x = G(torch.randn(2, cfg.nz), torch.tensor([3, 5]))
+    assert x.shape == (2, 1, 28, 28)
+    (opened,) = seen  # (2, 32, 7, 7)
+    assert opened.shape == (2, 32, 7, 7)
+    a, b = opened[0].flatten(1), opened[1].flatten(1)  # (32, 49) each
+    cosine = (a * b).sum(1).abs() / (a.norm(dim=1) * b.norm(dim=1))  # per channel
+    fixed_patterns = bool(torch.allclose(cosine, torch.ones(32), atol=1e-5))
+    assert fixed_patterns == (opening == "basis")
+    assert (G.basis is None) == (opening == "linear")
+    with pytest.raises(ValueError, match="g_opening must be one of basis, linear"):
+        r3gan.Config(g_opening="dense")
+
+
 def test_r3gan_resamples_centred_with_r3gans_filter():
     x = torch.randn(1, 2, 8, 8)
     down, up = r3gan.Resample(2, up=False), r3gan.Resample(2, up=True)

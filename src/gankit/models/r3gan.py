@@ -26,6 +26,7 @@ With img_size 28 (base 7, two doublings), ngf = ndf = 32:
        -> blocks -> depthwise 7 x 7   # (B, 128): the basis read back
        -> Linear                      # logit (B,) (+ projection of the label)
 
+`g_opening linear` replaces G's basis by DCGAN's opening, z -> Linear -> (B, 128, 7, 7).
 Sizes 32 and 64 start from a 4 x 4 basis. G has no output Tanh (as in the paper): its
 images are clamped to [-1, 1] when sampled, and D sees them as they are.
 """
@@ -50,6 +51,8 @@ from gankit.models.layers import (
     one_hot,
 )
 
+OPENINGS = ("basis", "linear")
+
 
 @dataclass
 class Config:
@@ -65,6 +68,11 @@ class Config:
     # images are smooth upsamplings of 14 x 14 features.
     g_image_blocks: int = -1
     d_image_blocks: int = -1
+    # G's opening: "basis" is R3GAN's, a learned base x base image per channel scaled by a
+    # linear map of z (channel c is always the same pattern, only its strength varies);
+    # "linear" maps z to all base x base x C values (DCGAN's opening), every channel's pattern
+    # moving with z. At small widths the basis is a bottleneck (see the r3gan-mnist preset).
+    g_opening: str = "basis"
     expansion: int = 2  # the inverted bottleneck's widening e: C -> C*e -> C
     group_width: int = 16  # channels per group of the 3 x 3 convolution
     leak: float = 0.2  # negative slope of the leaky ReLUs
@@ -80,6 +88,10 @@ class Config:
                 raise ValueError(
                     f"{name} must be >= 0, or -1 for blocks, got {getattr(self, name)}"
                 )
+        if self.g_opening not in OPENINGS:
+            raise ValueError(
+                f"g_opening must be one of {', '.join(OPENINGS)}, got {self.g_opening!r}"
+            )
         if self.group_width < 1:
             raise ValueError(f"group_width must be >= 1, got {self.group_width}")
         for name in ("ngf", "ndf", "max_width"):  # every stage's width is one of these x 2^k
@@ -167,8 +179,13 @@ class Generator(nn.Module):
         super().__init__()
         base, n, c, blocks, scale = plan(cfg, cfg.ngf, cfg.g_image_blocks, img_shape)
         self.input = LabelledLatent(num_classes, cfg.embed_dim)
-        self.project = nn.Linear(cfg.nz + self.input.extra, c[0])
-        self.basis = nn.Parameter(torch.randn(c[0], base, base))  # scaled per sample by z
+        self.shape = (c[0], base, base)
+        if cfg.g_opening == "basis":
+            self.project = nn.Linear(cfg.nz + self.input.extra, c[0])
+            self.basis = nn.Parameter(torch.randn(c[0], base, base))  # scaled per sample by z
+        else:  # "linear": z -> (C, base, base)
+            self.project = nn.Linear(cfg.nz + self.input.extra, c[0] * base * base)
+            self.basis = None
         layers = []
         for i in range(n + 1):
             layers.append(stage(c[i], blocks[i], cfg, scale))
@@ -178,8 +195,10 @@ class Generator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        h = self.project(self.input(z, labels))  # (B, c0)
-        return self.net(self.basis * h[:, :, None, None])  # (B, c0, b, b) -> (B, C, H, W)
+        h = self.project(self.input(z, labels))  # (B, c0) or (B, c0 * b * b)
+        if self.basis is None:
+            return self.net(h.view(-1, *self.shape))  # (B, c0, b, b) -> (B, C, H, W)
+        return self.net(self.basis * h[:, :, None, None])
 
 
 class Discriminator(nn.Module):
