@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gankit.errors import GankitError
-from gankit.game import adversarial_step
+from gankit.game import adversarial_step, generator_names
 from gankit.models import mlp
 from gankit.models.layers import label_count
 
@@ -231,7 +231,7 @@ def input_shapes(cfg: Config, img_shape: tuple[int, int, int]) -> dict[str, tupl
 
 
 def _levels(nets: dict[str, nn.Module]) -> int:
-    return sum(name.startswith("G") and name[1:].isdigit() for name in nets)
+    return len(generator_names(nets))  # G0, G1, ...: one per level
 
 
 def pyramid_samples(
