@@ -254,3 +254,27 @@ def test_r3gan_resamples_centred_with_r3gans_filter():
     assert down(impulse)[0, 0, 1:3, 1:3].tolist() == [[0.25, 0.75], [0.75, 2.25]]
     # up: input 4 lands on outputs 7..10 with 2 x [1, 3, 3, 1] / 8 along each axis (x4 in all)
     assert up(impulse)[0, 0, 8, 6:12].tolist() == [0.0, 3.0, 9.0, 9.0, 3.0, 0.0]
+
+
+@pytest.mark.parametrize("g_k, d_k", [(1, 3), (3, 1), (5, 5)])
+def test_r3gan_image_kernels_set_the_reach_of_the_convolutions_to_and_from_the_image(g_k, d_k):
+    """G's last and D's first convolution see a k x k patch: one changed pixel changes k x k
+    pixels of G's image, and k x k pixels of D's first features."""
+    torch.manual_seed(0)
+    cfg = r3gan.Config(ngf=8, ndf=8, g_image_kernel=g_k, d_image_kernel=d_k)
+    nets = r3gan.build(cfg, (3, 28, 28))
+    to_image, from_image = nets["G"].net[-1], nets["D"].net[0]
+    for layer, channels, k in ((to_image, 8, g_k), (from_image, 3, d_k)):
+        x = torch.randn(1, channels, 28, 28)
+        poked = x.clone()
+        poked[0, :, 10, 20] += 1.0
+        changed = (layer(poked) - layer(x)).abs().sum(1)[0] > 0  # (28, 28)
+        assert changed.sum() == k * k
+        rows, cols = changed.nonzero().unbind(1)  # a k x k square centred on (10, 20)
+        assert set(rows.tolist()) == set(range(10 - k // 2, 11 + k // 2))
+        assert set(cols.tolist()) == set(range(20 - k // 2, 21 + k // 2))
+    x = nets["G"](torch.randn(2, cfg.nz))
+    assert x.shape == (2, 3, 28, 28) and nets["D"](x).shape == (2,)
+    for name in ("g_image_kernel", "d_image_kernel"):
+        with pytest.raises(ValueError, match=f"{name} must be odd and >= 1, got 2"):
+            r3gan.Config(**{name: 2})

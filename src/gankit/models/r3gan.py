@@ -19,14 +19,16 @@ With img_size 28 (base 7, two doublings), ngf = ndf = 32:
     G: z (B, nz) -> Linear -> x basis (128, 7, 7)      # a learned 7 x 7 basis, z scales it
        -> blocks -> conv1x1 -> up     # (B, 64, 14, 14)
        -> blocks -> conv1x1 -> up     # (B, 32, 28, 28)
-       -> blocks -> conv1x1           # (B, C, 28, 28), clamped to [-1, 1] when sampling
-    D: x (B, C, 28, 28) -> conv1x1    # (B, 32, 28, 28)
+       -> blocks -> conv k x k        # (B, C, 28, 28), clamped to [-1, 1] when sampling
+    D: x (B, C, 28, 28) -> conv k x k # (B, 32, 28, 28)
        -> blocks -> down -> conv1x1   # (B, 64, 14, 14)
        -> blocks -> down -> conv1x1   # (B, 128, 7, 7)
        -> blocks -> depthwise 7 x 7   # (B, 128): the basis read back
        -> Linear                      # logit (B,) (+ projection of the label)
 
 `g_opening linear` replaces G's basis by DCGAN's opening, z -> Linear -> (B, 128, 7, 7).
+The convolutions to and from the image are R3GAN's 1 x 1 unless `g_image_kernel` and
+`d_image_kernel` widen them (k x k, odd k).
 Sizes 32 and 64 start from a 4 x 4 basis. G has no output Tanh (as in the paper): its
 images are clamped to [-1, 1] when sampled, and D sees them as they are.
 """
@@ -75,6 +77,11 @@ class Config:
     g_opening: str = "basis"
     expansion: int = 2  # the inverted bottleneck's widening e: C -> C*e -> C
     group_width: int = 16  # channels per group of the 3 x 3 convolution
+    # kernels of G's last and D's first convolution, the ones to and from the image: R3GAN's
+    # 1 only mixes channels; 3 lets a player draw (G) or read (D) strokes at full size, which
+    # matters when that stage has no blocks (d_image_blocks 0: see the r3gan-mnist preset).
+    g_image_kernel: int = 1
+    d_image_kernel: int = 1
     leak: float = 0.2  # negative slope of the leaky ReLUs
     cond: str = "none"  # labels: none | concat | projection | acgan (see gankit.models.layers)
     embed_dim: int = 32  # size of G's label embedding (conditional only)
@@ -92,6 +99,10 @@ class Config:
             raise ValueError(
                 f"g_opening must be one of {', '.join(OPENINGS)}, got {self.g_opening!r}"
             )
+        for name in ("g_image_kernel", "d_image_kernel"):  # an even kernel shifts the image
+            k = getattr(self, name)
+            if k < 1 or k % 2 == 0:
+                raise ValueError(f"{name} must be odd and >= 1, got {k}")
         if self.group_width < 1:
             raise ValueError(f"group_width must be >= 1, got {self.group_width}")
         for name in ("ngf", "ndf", "max_width"):  # every stage's width is one of these x 2^k
@@ -162,11 +173,12 @@ def stage(c: int, blocks: int, cfg: Config, scale: float) -> nn.Sequential:
     )
 
 
-def conv1x1(c_in: int, c_out: int) -> nn.Conv2d:
-    conv = nn.Conv2d(c_in, c_out, 1)
-    nn.init.kaiming_normal_(conv.weight, nonlinearity="linear")
-    nn.init.zeros_(conv.bias)
-    return conv
+def conv(c_in: int, c_out: int, k: int = 1) -> nn.Conv2d:
+    """A k x k convolution with no activation after it (1 x 1 by default), size kept."""
+    layer = nn.Conv2d(c_in, c_out, k, padding=k // 2)
+    nn.init.kaiming_normal_(layer.weight, nonlinearity="linear")
+    nn.init.zeros_(layer.bias)
+    return layer
 
 
 class Generator(nn.Module):
@@ -190,8 +202,8 @@ class Generator(nn.Module):
         for i in range(n + 1):
             layers.append(stage(c[i], blocks[i], cfg, scale))
             if i < n:  # narrow at the low resolution, then up: the cheaper order
-                layers += [conv1x1(c[i], c[i + 1]), Resample(c[i + 1], up=True)]
-        layers.append(conv1x1(c[n], img_shape[0]))
+                layers += [conv(c[i], c[i + 1]), Resample(c[i + 1], up=True)]
+        layers.append(conv(c[n], img_shape[0], cfg.g_image_kernel))
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -211,11 +223,11 @@ class Discriminator(nn.Module):
         super().__init__()
         base, n, c, blocks, scale = plan(cfg, cfg.ndf, cfg.d_image_blocks, img_shape)
         self.planes = num_classes if cfg.cond == "concat" else 0  # one-hot label planes
-        layers = [conv1x1(img_shape[0] + self.planes, c[n])]
+        layers = [conv(img_shape[0] + self.planes, c[n], cfg.d_image_kernel)]
         for i in range(n, -1, -1):
             layers.append(stage(c[i], blocks[i], cfg, scale))
             if i > 0:  # down at the wide channel count's cheaper side: before widening
-                layers += [Resample(c[i], up=False), conv1x1(c[i], c[i - 1])]
+                layers += [Resample(c[i], up=False), conv(c[i], c[i - 1])]
         self.net = nn.Sequential(*layers)
         self.basis = nn.Conv2d(c[0], c[0], base, groups=c[0])  # depthwise: (b, b) -> (1, 1)
         self.act = nn.LeakyReLU(cfg.leak)
