@@ -278,3 +278,21 @@ def test_r3gan_image_kernels_set_the_reach_of_the_convolutions_to_and_from_the_i
     for name in ("g_image_kernel", "d_image_kernel"):
         with pytest.raises(ValueError, match=f"{name} must be odd and >= 1, got 2"):
             r3gan.Config(**{name: 2})
+
+
+def test_r3gan_d_image_act_makes_ds_view_of_the_full_size_image_nonlinear():
+    """With no block at full size, D's front end (convolution, low-pass down, 1 x 1) is affine
+    in the image: f(a + b) = f(a) + f(b) - f(0). The leaky ReLU after the first convolution
+    breaks that; R3GAN's default keeps it."""
+    torch.manual_seed(0)
+    a, b, zero = torch.randn(2, 1, 28, 28), torch.randn(2, 1, 28, 28), torch.zeros(2, 1, 28, 28)
+    for act in (False, True):
+        cfg = r3gan.Config(ndf=8, d_image_blocks=0, d_image_kernel=3, d_image_act=act)
+        d = r3gan.build(cfg, (1, 28, 28))["D"]
+        down = next(i for i, m in enumerate(d.net) if isinstance(m, r3gan.Resample))
+        front = d.net[: down + 2]  # up to the 1 x 1 after the first downsampling: (B, 16, 14, 14)
+        with torch.no_grad():
+            assert front(a).shape == (2, 16, 14, 14)
+            gap = (front(a + b) - front(a) - front(b) + front(zero)).abs().max()
+        assert (gap > 0.1) if act else (gap < 1e-5), (act, gap)
+    assert not r3gan.Config().d_image_act  # R3GAN's network by default

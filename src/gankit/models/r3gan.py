@@ -28,7 +28,7 @@ With img_size 28 (base 7, two doublings), ngf = ndf = 32:
 
 `g_opening linear` replaces G's basis by DCGAN's opening, z -> Linear -> (B, 128, 7, 7).
 The convolutions to and from the image are R3GAN's 1 x 1 unless `g_image_kernel` and
-`d_image_kernel` widen them (k x k, odd k).
+`d_image_kernel` widen them (k x k, odd k); `d_image_act` puts a leaky ReLU after D's.
 Sizes 32 and 64 start from a 4 x 4 basis. G has no output Tanh (as in the paper): its
 images are clamped to [-1, 1] when sampled, and D sees them as they are.
 """
@@ -82,6 +82,11 @@ class Config:
     # matters when that stage has no blocks (d_image_blocks 0: see the r3gan-mnist preset).
     g_image_kernel: int = 1
     d_image_kernel: int = 1
+    # a leaky ReLU after D's first convolution, as after DCGAN's. R3GAN has none: its blocks
+    # at full size bring the nonlinearity. Without them (d_image_blocks 0) D's view of the
+    # full-size image is linear down to 14 x 14 (convolution, low-pass, 1 x 1): this gives D
+    # its only nonlinear features of the image at full size, at the cost of one activation.
+    d_image_act: bool = False
     leak: float = 0.2  # negative slope of the leaky ReLUs
     cond: str = "none"  # labels: none | concat | projection | acgan (see gankit.models.layers)
     embed_dim: int = 32  # size of G's label embedding (conditional only)
@@ -224,6 +229,8 @@ class Discriminator(nn.Module):
         base, n, c, blocks, scale = plan(cfg, cfg.ndf, cfg.d_image_blocks, img_shape)
         self.planes = num_classes if cfg.cond == "concat" else 0  # one-hot label planes
         layers = [conv(img_shape[0] + self.planes, c[n], cfg.d_image_kernel)]
+        if cfg.d_image_act:
+            layers.append(nn.LeakyReLU(cfg.leak))
         for i in range(n, -1, -1):
             layers.append(stage(c[i], blocks[i], cfg, scale))
             if i > 0:  # down at the wide channel count's cheaper side: before widening
