@@ -79,6 +79,16 @@ def max_diff(a: dict, b: dict) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
+def drift(a: dict, b: dict, start: dict) -> float:
+    """Mean |a - b| over every weight, as a share of how far run a moved from `start`.
+    After many steps float rounding is amplified by the game (Adam turns a near-zero gradient's
+    rounding into a step of lr), so the max differs by a few lr on some CPUs even when both runs
+    are right (AMD EPYC: 20 steps left a drift of 0.005); one step out of line drifts 0.07."""
+    assert a.keys() == b.keys() == start.keys()
+    flat = [torch.cat([d[k].double().flatten() for k in sorted(d)]) for d in (a, b, start)]
+    return ((flat[0] - flat[1]).abs().mean() / (flat[0] - flat[2]).abs().mean()).item()
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A 20-step tiny DCGAN run with --sync-bn in 1 process and in 2 (gankit train --nproc 2)."""
@@ -102,7 +112,7 @@ def test_two_processes_train_the_model_of_one(runs):
     root, p = runs
     one, two = root / "one", root / "two"
     assert max_diff(tensors_at(one, 1), tensors_at(two, 1)) < 1e-5  # float rounding only
-    assert max_diff(tensors_at(one, 20), tensors_at(two, 20)) < 1e-5
+    assert drift(tensors_at(one, 20), tensors_at(two, 20), tensors_at(one, 1)) < 0.02
     # the first lines say how the run is split
     assert "processes: 2 (gloo on cpu), 16 images per rank of the global batch 32" in p.stdout
 
@@ -353,7 +363,8 @@ def test_two_nodes_through_torchrun_train_the_model_of_one(runs, tmp_path):
     for node in nodes:
         _, err = node.communicate(timeout=120)
         assert node.returncode == 0, err
-    assert max_diff(tensors_at(tmp_path / "nodes"), tensors_at(root / "one")) < 1e-5
+    one = tensors_at(root / "one")
+    assert drift(tensors_at(tmp_path / "nodes"), one, tensors_at(root / "one", 1)) < 0.02
 
 
 FAMILIES = {
