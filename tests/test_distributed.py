@@ -363,8 +363,8 @@ def test_two_nodes_through_torchrun_train_the_model_of_one(runs, tmp_path):
     for node in nodes:
         _, err = node.communicate(timeout=120)
         assert node.returncode == 0, err
-    one = tensors_at(root / "one")
-    assert drift(tensors_at(tmp_path / "nodes"), one, tensors_at(root / "one", 1)) < 0.02
+    one = root / "one"
+    assert drift(tensors_at(tmp_path / "nodes"), tensors_at(one), tensors_at(one, 1)) < 0.02
 
 
 FAMILIES = {
