@@ -1,9 +1,20 @@
+import dataclasses
 from dataclasses import replace
 
 import pytest
 import torch
+import yaml
 
-from gankit.config import PRESETS, Config, from_dict, load_config, preset_names, save_config
+from conftest import one_line_error
+from gankit.config import (
+    PRESETS,
+    SECTIONS,
+    Config,
+    from_dict,
+    load_config,
+    preset_names,
+    save_config,
+)
 from gankit.data import NATIVE_SHAPES
 from gankit.errors import GankitError
 from gankit.models import MODELS, is_conditional
@@ -104,6 +115,61 @@ def test_every_preset_is_a_valid_config_that_builds(name):
     assert family.generate(nets, z, labels).shape == (2, *shape)
     first = (PRESETS / f"{name}.yaml").read_text().splitlines()[0]
     assert first.startswith("# ") and len(first) > 20  # `gankit list` shows it
+
+
+BASED = [n for n in preset_names() if "\nbase: " in (PRESETS / f"{n}.yaml").read_text()]
+
+
+@pytest.mark.parametrize("name", BASED)
+def test_a_preset_on_a_base_is_the_base_with_its_own_options_over_it(name):
+    own = yaml.safe_load((PRESETS / f"{name}.yaml").read_text())
+    cfg, base = load_config(name), load_config(own.pop("base"))
+    named = 0
+    for section in SECTIONS:
+        mine, theirs, options = getattr(cfg, section), getattr(base, section), own.get(section, {})
+        for f in dataclasses.fields(mine):
+            expect = options[f.name] if f.name in options else getattr(theirs, f.name)
+            assert getattr(mine, f.name) == expect, f"{section}.{f.name}"
+        named += len(options)
+    assert named and cfg != base
+
+
+def test_the_based_presets_are_the_variants_they_say():
+    assert {"r3gan-stacked-mnist", "r3gan-cifar10-cond", "acgan-mnist"} <= set(BASED)
+    stacked, mnist = load_config("r3gan-stacked-mnist"), load_config("r3gan-mnist")
+    assert stacked.data.dataset == "stacked-mnist" and stacked.train.lr_g == mnist.train.lr_g
+    assert load_config("r3gan-cifar10-cond").model.cond == "projection"
+
+
+def test_a_config_file_starts_from_a_preset_or_a_file_beside_it(tmp_path, monkeypatch):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "a.yaml").write_text("base: dcgan-mnist\ntrain:\n  steps: 7\n")
+    (tmp_path / "conf" / "b.yaml").write_text("base: a.yaml\ntrain:\n  lr_d: 1.0e-4\n")
+    monkeypatch.chdir(tmp_path)  # a file's base is beside it, not in the working folder
+    cfg, dcgan = load_config("conf/b.yaml"), load_config("dcgan-mnist")
+    assert (cfg.train.steps, cfg.train.lr_d, cfg.train.lr_g) == (7, 1e-4, dcgan.train.lr_g)
+    assert cfg.model == dcgan.model and cfg.data == dcgan.data
+    (tmp_path / "mlp.yaml").write_text("base: dcgan-mnist\nmodel:\n  family: mlp\n")
+    cfg = load_config(tmp_path / "mlp.yaml")  # another family: none of dcgan's model fields
+    assert cfg.model == Config().model and cfg.train.steps == dcgan.train.steps
+
+
+@pytest.mark.parametrize(
+    "text, expect",
+    [
+        ("base: 3\n", "base must name a preset or a YAML file"),
+        ("base: dcgan-mnits\n", "base 'dcgan-mnits' is neither a preset"),
+        ("base: gone.yaml\n", "gone.yaml does not exist"),
+        ("base: me.yaml\n", "base 'me.yaml' leads back to me.yaml"),
+        ("base: other.yaml\n", "base 'me.yaml' leads back to other.yaml"),
+        ("base: dcgan-mnist\ntrian:\n  steps: 3\n", "unknown config section 'trian'"),
+        ("base: dcgan-mnist\nmodel:\n  g_widths: [8]\n", "unknown option model.g_widths"),
+    ],
+)
+def test_a_bad_base_is_refused_in_one_line(capsys, tmp_path, text, expect):
+    (tmp_path / "me.yaml").write_text(text)
+    (tmp_path / "other.yaml").write_text("base: me.yaml\n")
+    one_line_error(capsys, ["train", "--config", str(tmp_path / "me.yaml"), "--dry-run"], expect)
 
 
 def test_the_mnist_presets_cover_the_issue():

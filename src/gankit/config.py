@@ -452,7 +452,8 @@ def find_config(spec: str | Path) -> Path:
     raise GankitError(f"config {str(spec)!r} is neither a file nor a preset; presets: {presets}")
 
 
-def load_yaml(path: str | Path) -> dict:
+def load_yaml(path: str | Path, _seen: frozenset = frozenset()) -> dict:
+    """A config file's sections, with the config it names as `base:` (if any) beneath them."""
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
@@ -475,7 +476,39 @@ def load_yaml(path: str | Path) -> dict:
             f"config {path} must be a mapping with sections model, data, train; "
             f"got {type(d).__name__} {_short(d)}"
         )
-    return d
+    return _on_base(d, path, _seen | {path.resolve()}) if "base" in d else d
+
+
+def _on_base(d: dict, path: Path, seen: frozenset) -> dict:
+    """`base: r3gan-mnist` (a preset's name, or a YAML file's path relative to this file):
+    that config, section by section, with this file's options over it (its model section
+    only when this file keeps its family). A preset that is a variant of another says so in
+    one line instead of repeating its blocks."""
+    d = dict(d)
+    spec = d.pop("base")
+    if not isinstance(spec, str) or not spec.strip():
+        raise GankitError(
+            f"config {path}: base must name a preset or a YAML file, got {_short(spec)}"
+        )
+    check_sections(d)
+    if Path(spec).suffix in (".yaml", ".yml"):
+        base_path = path.parent / Path(spec).expanduser()
+        if not base_path.is_file():
+            raise GankitError(f"config {path}: its base {base_path} does not exist")
+    elif spec in preset_names():
+        base_path = PRESETS / f"{spec}.yaml"
+    else:
+        raise GankitError(
+            f"config {path}: base {spec!r} is neither a preset ({', '.join(preset_names())}) "
+            "nor a .yaml file"
+        )
+    if base_path.resolve() in seen:
+        raise GankitError(f"config {path}: base {spec!r} leads back to {path.name}")
+    base = load_yaml(base_path, seen)
+    merged = {s: (base.get(s) or {}) | (d.get(s) or {}) for s in SECTIONS}
+    if _family(merged) != _family(base):  # another family: the base's model fields do not apply
+        merged["model"] = d["model"]
+    return merged
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, str] | None = None) -> Config:
