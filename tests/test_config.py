@@ -164,11 +164,13 @@ def test_a_config_file_starts_from_a_preset_or_a_file_beside_it(tmp_path, monkey
         ("base: other.yaml\n", "base 'me.yaml' leads back to other.yaml"),
         ("base: dcgan-mnist\ntrian:\n  steps: 3\n", "unknown config section 'trian'"),
         ("base: dcgan-mnist\nmodel:\n  g_widths: [8]\n", "unknown option model.g_widths"),
+        ("base: list.yaml\n", "config section 'model' must be a mapping"),
     ],
 )
 def test_a_bad_base_is_refused_in_one_line(capsys, tmp_path, text, expect):
     (tmp_path / "me.yaml").write_text(text)
     (tmp_path / "other.yaml").write_text("base: me.yaml\n")
+    (tmp_path / "list.yaml").write_text("model: [1]\n")
     one_line_error(capsys, ["train", "--config", str(tmp_path / "me.yaml"), "--dry-run"], expect)
 
 

@@ -505,6 +505,7 @@ def _on_base(d: dict, path: Path, seen: frozenset) -> dict:
     if base_path.resolve() in seen:
         raise GankitError(f"config {path}: base {spec!r} leads back to {path.name}")
     base = load_yaml(base_path, seen)
+    check_sections(base)
     merged = {s: (base.get(s) or {}) | (d.get(s) or {}) for s in SECTIONS}
     if _family(merged) != _family(base):  # another family: the base's model fields do not apply
         merged["model"] = d["model"]
