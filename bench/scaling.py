@@ -9,10 +9,12 @@ final checkpoint included; start-up excluded):
     1 process x 1 thread     the unit the scaling efficiency is measured against
 
 Scaling efficiency = images/s of N processes / (N x images/s of 1 process x 1 thread).
-On a machine with a GPU it also runs 1 process on the GPU, in float32 and with
-`--amp bf16`, and N = 1 through the launcher (NCCL).
+On a machine with a GPU it also runs 1 process on the GPU: float32, `--amp bf16`, and
+bf16 with `--channels-last true`. (NCCL needs a GPU per process: a one-GPU machine
+cannot show its scaling.)
 
     python bench/scaling.py [--steps 600] [--presets mlp-mnist,dcgan-mnist] [--nproc 2]
+                            [--gpu-only]
 """
 
 from __future__ import annotations
@@ -50,13 +52,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--presets", default="mlp-mnist,dcgan-mnist")
     ap.add_argument("--nproc", type=int, default=2)
+    ap.add_argument("--gpu-only", action="store_true", help="skip the CPU table")
     args = ap.parse_args()
     n, cores = args.nproc, os.cpu_count() or 1
     print(f"{cores} cores; {args.steps} steps per setting; images/s of the whole training loop")
     print(f"{'preset':<14} {'1p x ' + str(cores) + 't':>9} {f'{n}p x {max(1, cores // n)}t':>9} "
           f"{'1p x 1t':>9} {'efficiency':>11}")  # fmt: skip
     with tempfile.TemporaryDirectory() as runs:
-        for preset in args.presets.split(","):
+        for preset in [] if args.gpu_only else args.presets.split(","):
             cpu = ["--device", "cpu"]
             whole = images_per_s(preset, args.steps, cores, cpu, runs)
             many = images_per_s(preset, args.steps, cores, [*cpu, "--nproc", str(n)], runs)
@@ -65,16 +68,17 @@ def main() -> None:
                 f"{preset:<14} {whole:>9.0f} {many:>9.0f} {unit:>9.0f} {many / (n * unit):>10.0%}"
             )
         if not torch.cuda.is_available():
-            print("no GPU on this machine: the CUDA figures (1 GPU, --amp bf16, NCCL) were not run")
+            print("no GPU on this machine: the CUDA figures (1 GPU, float32 and bf16) were not run")
             return
         print(f"\nGPU: {torch.cuda.get_device_name()}")
-        print(f"{'preset':<14} {'float32':>9} {'bf16':>9} {'--nproc 1':>9}")
+        print(f"{'preset':<14} {'float32':>9} {'bf16':>9} {'bf16+NHWC':>10}")
         for preset in args.presets.split(","):
-            gpu = ["--device", "cuda"]
-            fp32 = images_per_s(preset, args.steps, cores, gpu, runs)
+            gpu = ["--device", "cuda", "--channels-last", "false"]
+            fp32 = images_per_s(preset, args.steps, cores, [*gpu, "--amp", "none"], runs)
             bf16 = images_per_s(preset, args.steps, cores, [*gpu, "--amp", "bf16"], runs)
-            nccl = images_per_s(preset, args.steps, cores, [*gpu, "--nproc", "1"], runs)
-            print(f"{preset:<14} {fp32:>9.0f} {bf16:>9.0f} {nccl:>9.0f}")
+            nhwc = [*gpu[:2], "--amp", "bf16", "--channels-last", "true"]
+            both = images_per_s(preset, args.steps, cores, nhwc, runs)
+            print(f"{preset:<14} {fp32:>9.0f} {bf16:>9.0f} {both:>10.0f}")
 
 
 if __name__ == "__main__":

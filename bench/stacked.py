@@ -45,11 +45,12 @@ BASELINE = {  # the DCGAN paper's game (BatchNorm, non-saturating, Adam 2e-4 / 0
 
 
 def train_and_score(name: str, cfg, runs_dir: Path, evaluator: Evaluator, n: int) -> dict:
+    device = cfg.train.device
     run_dir = runs_dir / name
     t0 = time.perf_counter()
     summary = train(cfg, run_dir, progress=False, log=lambda *a: None)
     wall = time.perf_counter() - t0
-    fake = to_unit_range(Sampler.load(run_dir, device="cpu").images(n, seed=0))
+    fake = to_unit_range(Sampler.load(run_dir, device=device).images(n, seed=0))
     return {
         "run": name,
         "family": cfg.model.family,
@@ -61,15 +62,15 @@ def train_and_score(name: str, cfg, runs_dir: Path, evaluator: Evaluator, n: int
     } | evaluator.score(fake)
 
 
-def baseline_config(batch_size: int, steps: int):
+def baseline_config(batch_size: int, steps: int, device: str):
     return load_config(
-        None, BASELINE | {"batch_size": str(batch_size), "steps": str(steps), "device": "cpu"}
+        None, BASELINE | {"batch_size": str(batch_size), "steps": str(steps), "device": device}
     )
 
 
-def baseline_steps(batch_size: int, seconds: float, runs_dir: Path) -> int:
+def baseline_steps(batch_size: int, seconds: float, runs_dir: Path, device: str) -> int:
     """Steps of the baseline that fit in `seconds`, from the time of its first 100 steps."""
-    cfg = baseline_config(batch_size, 100)
+    cfg = baseline_config(batch_size, 100, device)
     summary = train(cfg, runs_dir / "baseline-probe", progress=False, log=lambda *a: None)
     return max(100, round(seconds / summary.seconds * 100))
 
@@ -97,6 +98,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, help="override the preset's length (quick checks)")
     p.add_argument("--n", type=int, default=DEFAULT_SAMPLES, help="samples scored per run")
     p.add_argument("--no-baseline", action="store_true", help="skip the DCGAN row")
+    p.add_argument("--device", default="cpu", help="train and sample on: cpu (default) | cuda")
     p.add_argument("--runs-dir", help="keep the runs here (default: a temporary folder)")
     p.add_argument("--log", help="also append each run's results to this JSON-lines file")
     args = p.parse_args()
@@ -118,15 +120,15 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = Path(args.runs_dir or tmp)
-        overrides = {"device": "cpu"} | ({"steps": str(args.steps)} if args.steps else {})
+        overrides = {"device": args.device} | ({"steps": str(args.steps)} if args.steps else {})
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             cfg = load_config(args.preset, overrides | {"seed": str(seed)})
             report(train_and_score(f"{args.preset}-{seed}", cfg, runs_dir, evaluator, args.n))
         if not args.no_baseline:
             budget = statistics.mean(r["train_s"] for r in rows)
             batch_size = load_config(args.preset).train.batch_size
-            steps = baseline_steps(batch_size, budget, runs_dir)
-            cfg = baseline_config(batch_size, steps)
+            steps = baseline_steps(batch_size, budget, runs_dir, args.device)
+            cfg = baseline_config(batch_size, steps, args.device)
             report(train_and_score("dcgan-baseline", cfg, runs_dir, evaluator, args.n))
     print(table(rows))
     seeds = [r for r in rows if r["family"] != "dcgan"]

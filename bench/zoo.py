@@ -34,16 +34,16 @@ from gankit.sample import Sampler
 from gankit.train import train
 
 
-def run_preset(name: str, runs_dir: Path, steps: int | None, n: int) -> dict:
+def run_preset(name: str, runs_dir: Path, steps: int | None, n: int, device: str = "cpu") -> dict:
     overrides = {"steps": str(steps)} if steps else {}
-    cfg = load_config(name, overrides | {"device": "cpu"})
+    cfg = load_config(name, overrides | {"device": device})
     run_dir = runs_dir / name
     if run_dir.exists():
         raise SystemExit(f"zoo: {run_dir} exists; pick another --runs-dir")
     t0 = time.perf_counter()
     summary = train(cfg, run_dir, progress=False, log=lambda *a: None)
     wall = time.perf_counter() - t0
-    sampler = Sampler.load(run_dir, device="cpu")
+    sampler = Sampler.load(run_dir, device=device)
     labels = sampler.labels(n)  # conditional: the classes in equal blocks of n / 10
     fake = to_unit_range(sampler.images(n, seed=0, labels=labels))
     d = cfg.data
@@ -58,6 +58,7 @@ def run_preset(name: str, runs_dir: Path, steps: int | None, n: int) -> dict:
         "wall_s": round(wall, 1),
         "images_per_s": round(summary.images_per_s),
         "metrics": metrics,
+        "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
     }
 
 
@@ -162,6 +163,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, help="override every preset's length (quick checks)")
     p.add_argument("--runs-dir", help="keep the runs here (default: a temporary folder)")
     p.add_argument("--n", type=int, default=10_000, help="samples scored per preset")
+    p.add_argument("--device", default="cpu", help="train and sample on: cpu (default) | cuda")
     p.add_argument("--log", help="also append each preset's results to this JSON-lines file")
     p.add_argument("--plot", help="draw FD against training time into this PNG")
     p.add_argument("--replot", metavar="LOG", help="train nothing: table (and --plot) of a --log")
@@ -182,7 +184,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = Path(args.runs_dir or tmp)
         for name in names:
-            row = run_preset(name, runs_dir, args.steps, args.n)
+            row = run_preset(name, runs_dir, args.steps, args.n, args.device)
             rows.append(row)
             print(json.dumps(row), flush=True)
             if args.log:

@@ -88,14 +88,14 @@ def test_stacked_scores_a_shortened_preset_and_times_its_dcgan_baseline(tmp_path
     row = stacked.train_and_score("s0", cfg, tmp_path, evaluator, 300)
     assert row["steps"] == 2 and row["family"] == "r3gan"
     assert 1 <= row["stacked_modes"] <= 300 and row["stacked_kl"] >= 0
-    base = stacked.baseline_config(64, 5)
+    base = stacked.baseline_config(64, 5, "cpu")
     assert (base.model.family, base.train.loss, base.data.dataset) == (
         "dcgan",
         "non-saturating",
         "stacked-mnist",
     )
     assert base.train.r1 == base.train.r2 == base.train.ema == 0
-    assert stacked.baseline_steps(64, 1e6, tmp_path) > 100  # a long budget: many steps
+    assert stacked.baseline_steps(64, 1e6, tmp_path, "cpu") > 100  # a long budget: many steps
     line = stacked.table([row]).splitlines()[-1]
     assert f"| {row['stacked_modes']:.0f} |" in line
 

@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,6 +183,42 @@ def test_resume_is_exact_with_bf16_autocast_and_channels_last(tmp_path):
     cfg = load_config(None, over | {"steps": "10"})
     train(cfg, tmp_path / "part", resume=True, progress=False, log=quiet)
     assert_same_weights(tmp_path / "full", tmp_path / "part")
+
+
+def cpu_flags() -> set[str]:
+    """The kernel's own list of this CPU's features: an oracle apart from torch's cpuinfo."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    pytest.skip("no CPU flags in /proc/cpuinfo")
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="Linux's /proc/cpuinfo")
+def test_amp_auto_takes_bfloat16_only_where_the_cpu_has_it(tmp_path):
+    """`auto` trains exactly as `bf16` does on a CPU with bfloat16 instructions and exactly
+    as float32 on one without; an explicit `bf16` there warns before its first step."""
+    from gankit.config import load_config
+    from gankit.device import native_bf16
+
+    native = bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16", "sve_bf16"})
+    assert native_bf16(torch.device("cpu")) == native
+    over = DCGAN_TINY | {"steps": "3", "device": "cpu", "batch_size": "8", "sample_every": "3"}
+    logs = {}
+    for amp in ("none", "bf16", "auto"):
+        logs[amp] = []
+        cfg = load_config(None, over | {"amp": amp})
+        train(cfg, tmp_path / amp, progress=False, log=lambda m, a=amp: logs[a].append(m))
+    same = "bf16" if native else "none"
+    assert_same_weights(tmp_path / "auto", tmp_path / same)
+    other = weights(tmp_path / ("none" if native else "bf16"))
+    assert any(not torch.equal(v, other[k]) for k, v in weights(tmp_path / "auto").items())
+    chose = "bfloat16 autocast" if native else "float32"
+    assert [m for m in logs["auto"] if m.startswith("amp auto:")] == [
+        f"amp auto: {chose} (cpu {'has' if native else 'has no'} bfloat16 in hardware)"
+    ]
+    warned = [m for m in logs["bf16"] if m.startswith("warning: train.amp bf16")]
+    assert len(warned) == (0 if native else 1)
+    assert not any("amp" in m for m in logs["none"])
 
 
 def test_channels_last_changes_the_layout_not_the_model(tmp_path):

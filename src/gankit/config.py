@@ -32,7 +32,7 @@ from gankit.errors import GankitError
 from gankit.losses import GAN_LOSSES
 from gankit.models import MODELS, is_adversarial
 
-AMP_MODES = ("none", "bf16")  # not "off": YAML reads that as false
+AMP_MODES = ("none", "bf16", "auto")  # not "off": YAML reads that as false
 MIN_IMG_SIZE, MAX_IMG_SIZE = 8, 4096  # data.img_size: no family makes sense outside these
 
 
@@ -80,7 +80,9 @@ class TrainConfig:
     ema_kimg: float = 0.0  # the EMA's half-life in thousands of images; > 0 sets ema (0 = off)
     augment: str = ""  # DiffAugment policy, e.g. "color,translation,cutout"; "" = off
     instance_noise: float = 0.0  # std of noise added to D's inputs, annealed to 0; 0 = off
-    amp: str = "none"  # none | bf16: steps under bfloat16 autocast; weights stay float32
+    amp: str = (
+        "none"  # none | bf16 | auto (bf16 where in hardware): bfloat16 autocast; weights float32
+    )
     channels_last: bool = False  # convolutions in NHWC memory layout (faster on CPU and GPU)
     sync_bn: bool = False  # several processes: BatchNorm over the global batch (SyncBatchNorm)
     dist_timeout: float = 60.0  # seconds a rank waits for the others before the run stops

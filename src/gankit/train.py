@@ -41,7 +41,7 @@ from gankit import distributed, files
 from gankit.augment import parse_policy
 from gankit.config import Config, save_config
 from gankit.data import BatchSampler, Dataset, make_dataset, to_uint8, to_unit_range
-from gankit.device import autocast
+from gankit.device import amp_note, autocast
 from gankit.distributed import Dist
 from gankit.errors import GankitError
 from gankit.evaluate import Evaluator, append_jsonl, badness, timestamp
@@ -872,6 +872,8 @@ def _loop(run: Run, evaluator, game: GameSettings, book: Logbook, start: int, lo
     # Forward passes and losses under autocast, backward and optimiser steps outside it;
     # bf16 on a GPU without it is refused here, before any step.
     game = replace(game, autocast=autocast(d.device, t.amp))
+    if note := amp_note(d.device, t.amp):
+        log(note)
     for net in run.nets.values():
         net.train()
     vote = distributed.StopVote(d)
