@@ -73,11 +73,14 @@ def main() -> None:
         print(f"\nGPU: {torch.cuda.get_device_name()}")
         print(f"{'preset':<14} {'float32':>9} {'bf16':>9} {'bf16+NHWC':>10}")
         for preset in args.presets.split(","):
-            gpu = ["--device", "cuda", "--channels-last", "false"]
-            fp32 = images_per_s(preset, args.steps, cores, [*gpu, "--amp", "none"], runs)
-            bf16 = images_per_s(preset, args.steps, cores, [*gpu, "--amp", "bf16"], runs)
-            nhwc = [*gpu[:2], "--amp", "bf16", "--channels-last", "true"]
-            both = images_per_s(preset, args.steps, cores, nhwc, runs)
+            fp32, bf16, both = (
+                images_per_s(preset, args.steps, cores, ["--device", "cuda", *opts], runs)
+                for opts in (
+                    ["--amp", "none", "--channels-last", "false"],
+                    ["--amp", "bf16", "--channels-last", "false"],
+                    ["--amp", "bf16", "--channels-last", "true"],
+                )
+            )
             print(f"{preset:<14} {fp32:>9.0f} {bf16:>9.0f} {both:>10.0f}")
 
 

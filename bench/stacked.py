@@ -45,12 +45,11 @@ BASELINE = {  # the DCGAN paper's game (BatchNorm, non-saturating, Adam 2e-4 / 0
 
 
 def train_and_score(name: str, cfg, runs_dir: Path, evaluator: Evaluator, n: int) -> dict:
-    device = cfg.train.device
     run_dir = runs_dir / name
     t0 = time.perf_counter()
     summary = train(cfg, run_dir, progress=False, log=lambda *a: None)
     wall = time.perf_counter() - t0
-    fake = to_unit_range(Sampler.load(run_dir, device=device).images(n, seed=0))
+    fake = to_unit_range(Sampler.load(run_dir, device=cfg.train.device).images(n, seed=0))
     return {
         "run": name,
         "family": cfg.model.family,

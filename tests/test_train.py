@@ -200,7 +200,7 @@ def test_amp_auto_takes_bfloat16_only_where_the_cpu_has_it(tmp_path):
     from gankit.config import load_config
     from gankit.device import native_bf16
 
-    native = bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16", "sve_bf16"})
+    native = bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16", "svebf16"})  # Linux's names
     assert native_bf16(torch.device("cpu")) == native
     over = DCGAN_TINY | {"steps": "3", "device": "cpu", "batch_size": "8", "sample_every": "3"}
     logs = {}

@@ -80,9 +80,7 @@ class TrainConfig:
     ema_kimg: float = 0.0  # the EMA's half-life in thousands of images; > 0 sets ema (0 = off)
     augment: str = ""  # DiffAugment policy, e.g. "color,translation,cutout"; "" = off
     instance_noise: float = 0.0  # std of noise added to D's inputs, annealed to 0; 0 = off
-    amp: str = (
-        "none"  # none | bf16 | auto (bf16 where in hardware): bfloat16 autocast; weights float32
-    )
+    amp: str = "none"  # none | bf16 | auto (bf16 where in hardware); weights stay float32
     channels_last: bool = False  # convolutions in NHWC memory layout (faster on CPU and GPU)
     sync_bn: bool = False  # several processes: BatchNorm over the global batch (SyncBatchNorm)
     dist_timeout: float = 60.0  # seconds a rank waits for the others before the run stops

@@ -58,12 +58,11 @@ def resolve_amp(device: torch.device, amp: str) -> str:
 def amp_note(device: torch.device, amp: str) -> str | None:
     """The line a run logs about its precision: what "auto" chose, or a warning that "bf16"
     is emulated here; None when there is nothing to say."""
+    native = native_bf16(device)
     if amp == "auto":
-        chosen = resolve_amp(device, amp)
-        how = "bfloat16 autocast" if chosen == "bf16" else "float32"
-        native = "has" if chosen == "bf16" else "has no"
-        return f"amp auto: {how} ({device.type} {native} bfloat16 in hardware)"
-    if amp == "bf16" and not native_bf16(device):
+        how, has = ("bfloat16 autocast", "has") if native else ("float32", "has no")
+        return f"amp auto: {how} ({device.type} {has} bfloat16 in hardware)"
+    if amp == "bf16" and not native:
         return (
             f"warning: train.amp bf16 on a {device.type} without bfloat16 in hardware runs "
             "emulated, about 10x slower than float32: pass --amp auto or --amp none"
