@@ -79,6 +79,8 @@ def test_sample_from_a_numbered_checkpoint(run, tmp_path, capsys):
     (at_20, said_20), (last, said_last) = draw("20"), draw("last")
     assert "(step 20)" in said_20 and "(step 30)" in said_last
     assert not np.array_equal(at_20, last)  # same noise, other weights
+    named, said_named = draw("step-00000020")  # a name as the list of checkpoints prints it
+    assert "(step 20)" in said_named and np.array_equal(named, at_20)
 
 
 def test_dry_run_prints_resolved_config(capsys):

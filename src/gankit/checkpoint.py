@@ -297,7 +297,8 @@ def read_meta(path: Path) -> dict:
 
 
 def find_checkpoint(run: str | Path, which: str | None = None) -> Path:
-    """A checkpoint path from a run folder and `which`: None/"last", "best", a step number, or a file path."""
+    """A checkpoint path from a run folder and `which`: None/"last", "best", a step number, a
+    checkpoint's name in the run (step-00001000), or a file path."""
     run = Path(run)
     if which and Path(which).is_file():
         return Path(which)
@@ -310,6 +311,8 @@ def find_checkpoint(run: str | Path, which: str | None = None) -> Path:
         path = folder / f"{which or 'last'}.safetensors"
     elif which.isdigit():
         path = folder / f"step-{int(which):08d}.safetensors"
+    elif (folder / f"{which}.safetensors").is_file():  # a name as the error below lists it
+        path = folder / f"{which}.safetensors"
     else:
         path = Path(which)
     if not path.is_file():

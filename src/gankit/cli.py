@@ -17,6 +17,9 @@ from pathlib import Path
 from gankit.errors import GankitError, require
 
 EXIT_USAGE = 2
+CHECKPOINT_HELP = (
+    "'last' (default), 'best', a step number, a checkpoint's name (step-00001000), or a path"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -110,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --latents, for a conditional run (needed there): class indices (N,), "
         "one per latent",
     )
-    s.add_argument("--checkpoint", help="'last' (default), a step number, or a checkpoint path")
+    s.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     s.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     s.add_argument(
         "--batch-size", type=int, default=500, help="images per forward pass (default: 500)"
@@ -136,9 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="samples to draw from the run (default: 10000; 26000 for stacked-mnist; 2500 for 2D)",
     )
     e.add_argument("--seed", type=seed_type, default=0, help="noise seed (default: 0)")
-    e.add_argument(
-        "--checkpoint", help="'last' (default), 'best', a step number, or a checkpoint path"
-    )
+    e.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     e.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     e.add_argument("--json", action="store_true", help="print one JSON object only")
     e.add_argument(
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("input", metavar="IN", help="image to upscale (.png, .jpg, ...)")
     u.add_argument("--run", required=True, help="SRResNet / SRGAN run folder (or checkpoint)")
     u.add_argument("--out", required=True, help="where to write the upscaled PNG/JPEG")
-    u.add_argument("--checkpoint", help="'last' (default), a step number, or a checkpoint path")
+    u.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     u.add_argument("--tile", type=int, default=128, help="LR tile size (default: 128)")
     u.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     u.add_argument("--force", action="store_true", help="overwrite --out if it exists")
@@ -199,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run", metavar="RUN", help="run folder (or a checkpoint file)")
     x.add_argument("--format", required=True, help="onnx | torchscript")
     x.add_argument("--out", required=True, help="the file to write (.onnx, .pt)")
-    x.add_argument("--checkpoint", help="'last' (default), a step number, or a checkpoint path")
+    x.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     x.add_argument("--opset", type=int, help="ONNX opset, 11..20 (default: 17)")
     x.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
