@@ -311,8 +311,8 @@ def find_checkpoint(run: str | Path, which: str | None = None) -> Path:
         path = folder / f"{which or 'last'}.safetensors"
     elif which.isdigit():
         path = folder / f"step-{int(which):08d}.safetensors"
-    elif (folder / f"{which}.safetensors").is_file():  # a name as the error below lists it
-        path = folder / f"{which}.safetensors"
+    elif (named := folder / f"{which}.safetensors").is_file():  # a name as the error below lists
+        path = named
     else:
         path = Path(which)
     if not path.is_file():
