@@ -10,6 +10,13 @@ preset's mean training time, measured by timing its first 100 steps.
 
     python bench/stacked.py [--seeds 3] [--first-seed 0] [--preset r3gan-stacked-mnist]
                             [--steps N] [--no-baseline] [--runs-dir DIR] [--log stacked.jsonl]
+    python bench/stacked.py --stack-runs RUN [RUN ...]
+
+--stack-runs scores finished single-digit MNIST runs instead, as a yardstick: each run's
+samples three at a time as R, G and B, which is what a generator would draw that renders
+each channel as well as that run renders one digit, independently of the other two. Their
+KL is close to three times the run's own digits' KL to uniform plus the finite-sample floor,
+so it says how good each channel of a stacked generator must be for a given KL.
 
 Published (26,000 samples, modes / KL): DCGAN 99 / 3.40 and PacDCGAN2 1,000 / 0.06 (Lin et
 al. 2018); R3GAN 1,000 / 0.029 (Huang et al. 2024, on GPUs). 26,000 uniform draws leave KL
@@ -30,7 +37,9 @@ import torch
 
 from gankit.config import load_config
 from gankit.data import to_unit_range
+from gankit.errors import GankitError
 from gankit.evaluate import Evaluator
+from gankit.metrics.classes import kl_divergence, label_distribution
 from gankit.metrics.stacked import DEFAULT_SAMPLES
 from gankit.sample import Sampler
 from gankit.train import train
@@ -59,6 +68,39 @@ def train_and_score(name: str, cfg, runs_dir: Path, evaluator: Evaluator, n: int
         "train_s": round(summary.seconds, 1),
         "wall_s": round(wall, 1),
     } | evaluator.score(fake)
+
+
+def single_digit_sampler(run: str, device: str) -> Sampler:
+    """The sampler of a finished run that draws one-channel images (GankitError otherwise)."""
+    sampler = Sampler.load(run, device=device)
+    channels = sampler.meta["img_shape"][0]
+    if channels != 1:
+        raise GankitError(f"run {run} draws {channels}-channel images, not single digits")
+    return sampler
+
+
+def stack_single(run: str, sampler: Sampler, evaluator: Evaluator, n: int) -> dict:
+    """A single-digit run's 3n samples as n stacks (the first n red, the next n green, the
+    last n blue): their modes and KL, beside the KL of all 3n digits' classes to uniform."""
+    digits = to_unit_range(sampler.images(3 * n, seed=0))  # (3n, 1, H, W)
+    probs = evaluator.classifier.predict_proba(digits)  # (3n, K)
+    k = probs.shape[1]
+    digit_kl = kl_divergence(label_distribution(probs.argmax(1), k), torch.full((k,), 1 / k))
+    stacks = torch.cat(digits.chunk(3), dim=1)  # (n, 3, H, W)
+    return {"run": run, "digit_kl": digit_kl} | evaluator.score(stacks)
+
+
+def stack_table(rows: list[dict]) -> str:
+    out = [
+        "| single-digit run | its digits' KL to uniform | modes of its stacks | their KL |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['run']} | {r['digit_kl']:.4f} | {r['stacked_modes']:.0f} "
+            f"| {r['stacked_kl']:.3f} |"
+        )
+    return "\n".join(out)
 
 
 def baseline_config(batch_size: int, steps: int, device: str):
@@ -100,10 +142,29 @@ def main() -> int:
     p.add_argument("--device", default="cpu", help="train and sample on: cpu (default) | cuda")
     p.add_argument("--runs-dir", help="keep the runs here (default: a temporary folder)")
     p.add_argument("--log", help="also append each run's results to this JSON-lines file")
+    p.add_argument(
+        "--stack-runs",
+        nargs="+",
+        metavar="RUN",
+        help="score these single-digit runs' samples stacked three at a time; train nothing",
+    )
     args = p.parse_args()
     if args.seeds < 1 or args.n < 1 or args.first_seed < 0:
         print("stacked: --seeds and --n must be >= 1, --first-seed >= 0", file=sys.stderr)
         return 2
+    if args.stack_runs:
+        try:  # every run checked before any is scored
+            samplers = [single_digit_sampler(r, args.device) for r in args.stack_runs]
+        except GankitError as e:
+            print(f"stacked: {e}", file=sys.stderr)
+            return 2
+        evaluator = Evaluator("stacked-mnist", log=lambda *a: None)
+        rows = []
+        for run, sampler in zip(args.stack_runs, samplers, strict=True):
+            rows.append(stack_single(run, sampler, evaluator, args.n))
+            print(json.dumps(rows[-1]), flush=True)
+        print(stack_table(rows))
+        return 0
     print(
         f"{args.preset}, {args.seeds} seed(s), {torch.get_num_threads()} threads, {args.n} samples"
     )

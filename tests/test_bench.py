@@ -4,6 +4,10 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
+from gankit.errors import GankitError
+
 BENCH = Path(__file__).parents[1] / "bench"
 
 
@@ -98,6 +102,8 @@ def test_stacked_scores_a_shortened_preset_and_times_its_dcgan_baseline(tmp_path
     assert stacked.baseline_steps(64, 1e6, tmp_path, "cpu") > 100  # a long budget: many steps
     line = stacked.table([row]).splitlines()[-1]
     assert f"| {row['stacked_modes']:.0f} |" in line
+    with pytest.raises(GankitError, match="3-channel images, not single digits"):
+        stacked.single_digit_sampler(str(tmp_path / "s0"), "cpu")
 
 
 def test_stacked_runs_the_seeds_from_first_seed(tmp_path, monkeypatch):
@@ -108,3 +114,31 @@ def test_stacked_runs_the_seeds_from_first_seed(tmp_path, monkeypatch):
     assert stacked.main() == 0
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(r["run"], r["seed"], r["steps"]) for r in rows] == [("r3gan-stacked-mnist-2", 2, 2)]
+
+
+def test_stacked_stacks_a_single_digit_run_as_three_independent_channels(
+    tmp_path, capsys, monkeypatch
+):
+    """Independent channels with one marginal: the stacks' KL is three times the digits' KL
+    (plus a finite-sample bias), and they hit more modes than one channel's ten."""
+    stacked = load("stacked")
+    from gankit.config import load_config
+    from gankit.evaluate import Evaluator
+    from gankit.train import train
+
+    run = tmp_path / "mlp"
+    cfg = load_config("mlp-mnist", {"steps": "200", "device": "cpu"})
+    train(cfg, run, progress=False, log=lambda *a: None)
+    sampler = stacked.single_digit_sampler(str(run), "cpu")
+    evaluator = Evaluator("stacked-mnist", log=lambda *a: None)
+    row = stacked.stack_single(str(run), sampler, evaluator, 300)
+    assert 0.5 < row["digit_kl"] < 2.2  # neither collapsed onto one class nor uniform
+    assert abs(row["stacked_kl"] - 3 * row["digit_kl"]) < 0.2
+    assert row["stacked_modes"] > 10
+    assert f"| {row['stacked_kl']:.3f} |" in stacked.stack_table([row])
+
+    missing = tmp_path / "missing"  # every run is checked before any is scored
+    monkeypatch.setattr("sys.argv", ["stacked.py", "--stack-runs", str(run), str(missing)])
+    assert stacked.main() == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and str(missing) in captured.err and not captured.out
