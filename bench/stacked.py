@@ -40,7 +40,7 @@ from gankit.data import to_unit_range
 from gankit.errors import GankitError
 from gankit.evaluate import Evaluator
 from gankit.metrics.classes import kl_divergence, label_distribution
-from gankit.metrics.stacked import DEFAULT_SAMPLES
+from gankit.metrics.stacked import DEFAULT_SAMPLES, mode_histogram_scores
 from gankit.sample import Sampler
 from gankit.train import train
 
@@ -83,11 +83,11 @@ def stack_single(run: str, sampler: Sampler, evaluator: Evaluator, n: int) -> di
     """A single-digit run's 3n samples as n stacks (the first n red, the next n green, the
     last n blue): their modes and KL, beside the KL of all 3n digits' classes to uniform."""
     digits = to_unit_range(sampler.images(3 * n, seed=0))  # (3n, 1, H, W)
-    probs = evaluator.classifier.predict_proba(digits)  # (3n, K)
-    k = probs.shape[1]
-    digit_kl = kl_divergence(label_distribution(probs.argmax(1), k), torch.full((k,), 1 / k))
-    stacks = torch.cat(digits.chunk(3), dim=1)  # (n, 3, H, W)
-    return {"run": run, "digit_kl": digit_kl} | evaluator.score(stacks)
+    probs = evaluator.classifier.predict_proba(digits)  # (3n, K), each digit classified once
+    classes, k = probs.argmax(1), probs.shape[1]
+    digit_kl = kl_divergence(label_distribution(classes, k), torch.full((k,), 1 / k))
+    red, green, blue = classes.chunk(3)  # (n,) each: the stacks' channels
+    return {"run": run, "digit_kl": digit_kl} | mode_histogram_scores(red * 100 + green * 10 + blue)
 
 
 def stack_table(rows: list[dict]) -> str:
