@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 # re-installs the editable package when it is used from a new folder.
 STAMP := $(VENV)/.installed-$(shell printf '%s' "$(CURDIR)" | cksum | cut -d' ' -f1)
 ARGS ?=
+# pytest-xdist workers: one a core, at most 4 (each test file runs whole in one); 0: none
+WORKERS ?= $(shell $(PYTHON) -c 'import os; print(min(4, len(os.sched_getaffinity(0))))')
 
 .PHONY: train test lint bench venv browser
 
@@ -21,7 +23,7 @@ train: $(STAMP)
 	$(BIN)/gankit train --config mlp-mnist $(ARGS)
 
 test: $(STAMP) lint browser
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile $(ARGS)
 
 # tests/test_report.py opens reports in Debian's headless Chromium (Playwright drives the
 # system browser: nothing is downloaded); without it those tests skip, saying why.
