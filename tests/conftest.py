@@ -6,12 +6,13 @@ import torch
 
 from gankit.cli import main
 from gankit.config import load_config
+from gankit.distributed import cores
 
 
 def pytest_configure(config):
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers:  # a pytest-xdist worker (make test): share the cores, not each take all of them
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(workers)))
+        torch.set_num_threads(max(1, cores() // int(workers)))
 
 
 # A small MLP GAN: fast enough for many short runs in the test suite.
