@@ -238,6 +238,9 @@ CONFIG_CASES = {
     "config-empty": (train("--config", ""), "--config is empty"),
     "r2-on-srgan": (train("--family", "srgan", "--r2", "1"), "R1/R2 penalties do not apply"),
     "rpgan-on-srgan": (train("--family", "srgan", "--loss", "rpgan"), "not rpgan"),
+    "wgan-gp-on-srgan": (train("--family", "srgan", "--loss", "wgan-gp"), "penalty does not apply"),
+    "augment-on-srgan": (train("--family", "srgan", "--augment", "color"), "drop augment"),
+    "noise-on-srgan": (train("--family", "srgan", "--instance-noise", "0.1"), "drop augment"),
     "r2-on-vae": (train("--family", "vae", "--r2", "1"), "train.r2 belongs to the adversarial"),
     "reg-every-alone": (train("--reg-every", "4"), "neither is on: set --r1 or --r2"),
     "reg-every-on-vae": (

@@ -117,6 +117,17 @@ def test_grids_are_limited_and_evenly_spaced(reports, tmp_path):
     assert "No TensorBoard scalars" in page
 
 
+def test_an_evaluation_line_cut_short_by_a_kill_is_skipped(reports, tmp_path):
+    run = tmp_path / "killed"
+    shutil.copytree(reports["runs"] / "a", run, ignore=shutil.ignore_patterns("report.html"))
+    whole = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text(whole + whole.splitlines()[-1][:40])  # no newline
+    run_cli(["report", str(run)])
+    page = (run / "report.html").read_text()
+    rows = page.split('<section id="evaluations"')[1].split("</section>")[0].count("<tr")
+    assert len(whole.splitlines()) == 2 and rows == 1 + 2  # header and the two whole records
+
+
 def test_page_asks_for_nothing_outside_itself(reports):
     for key in ("one", "two"):
         page = reports[key].read_text()

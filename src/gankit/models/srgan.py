@@ -95,6 +95,14 @@ def check(cfg: Config, train_cfg) -> None:
         raise GankitError("train.ema (or ema_kimg) is not supported by the srgan family")
     if train_cfg.r1 or train_cfg.r2:  # its D batch-normalises: no per-image gradients
         raise GankitError("srgan's D has BatchNorm: the R1/R2 penalties do not apply; drop them")
+    if GAN_LOSSES[train_cfg.loss].gradient_penalty:
+        raise GankitError(
+            "srgan's D has BatchNorm: wgan-gp's gradient penalty does not apply; choose another loss"
+        )
+    if train_cfg.augment or train_cfg.instance_noise:  # its step shows D the patches as they are
+        raise GankitError(
+            "srgan's D sees the HR patches as they are: drop augment and instance_noise"
+        )
     if GAN_LOSSES[train_cfg.loss].relativistic:
         raise GankitError(
             f"srgan's adversarial term takes a loss of D(G(LR)) alone, not {train_cfg.loss}"
