@@ -89,13 +89,14 @@ class Config:
 
 
 def check(cfg: Config, train_cfg) -> None:
+    loss = GAN_LOSSES[train_cfg.loss]
     if train_cfg.eval_every:
         raise GankitError("eval_every scores samples of noise; score SR runs with gankit eval RUN")
     if train_cfg.ema:
         raise GankitError("train.ema (or ema_kimg) is not supported by the srgan family")
     if train_cfg.r1 or train_cfg.r2:  # its D batch-normalises: no per-image gradients
         raise GankitError("srgan's D has BatchNorm: the R1/R2 penalties do not apply; drop them")
-    if GAN_LOSSES[train_cfg.loss].gradient_penalty:
+    if loss.gradient_penalty:
         raise GankitError(
             "srgan's D has BatchNorm: wgan-gp's gradient penalty does not apply; choose another loss"
         )
@@ -103,7 +104,7 @@ def check(cfg: Config, train_cfg) -> None:
         raise GankitError(
             "srgan's D sees the HR patches as they are: drop augment and instance_noise"
         )
-    if GAN_LOSSES[train_cfg.loss].relativistic:
+    if loss.relativistic:
         raise GankitError(
             f"srgan's adversarial term takes a loss of D(G(LR)) alone, not {train_cfg.loss}"
         )
