@@ -236,9 +236,15 @@ CONFIG_CASES = {
     ),
     "preset-path-elsewhere": (train("--config", "elsewhere/mlp-mnist.yaml"), "does not exist"),
     "config-empty": (train("--config", ""), "--config is empty"),
-    "r2-on-srgan": (train("--family", "srgan", "--r2", "1"), "R1/R2 penalties do not apply"),
+    "r2-on-srgan": (
+        train("--family", "srgan", "--r2", "1"),
+        "R2 penalty needs a critic without BatchNorm",
+    ),
     "rpgan-on-srgan": (train("--family", "srgan", "--loss", "rpgan"), "not rpgan"),
-    "wgan-gp-on-srgan": (train("--family", "srgan", "--loss", "wgan-gp"), "penalty does not apply"),
+    "wgan-gp-on-srgan": (
+        train("--family", "srgan", "--loss", "wgan-gp"),
+        "the srgan family's D always has it",
+    ),
     "augment-on-srgan": (train("--family", "srgan", "--augment", "color"), "drop augment"),
     "noise-on-srgan": (train("--family", "srgan", "--instance-noise", "0.1"), "drop augment"),
     "r2-on-vae": (train("--family", "vae", "--r2", "1"), "train.r2 belongs to the adversarial"),

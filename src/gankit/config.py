@@ -244,18 +244,19 @@ def check_combination(cfg: Config) -> None:
     if not is_adversarial(MODELS[m.family]):
         return
     loss = GAN_LOSSES[t.loss]
-    batchnorm_d = getattr(m, "d_norm", "none") == "batch"
+    # how this family's D sheds BatchNorm, if it has one (a family's hook; none: no BatchNorm)
+    batchnorm_fix = getattr(MODELS[m.family], "batchnorm_d", lambda m: None)(m)
     if t.reg_every > 1 and not (t.r1 or t.r2):
         raise GankitError(
             f"train.reg_every {t.reg_every} spaces out the R1 and R2 penalties, and neither is "
             f"on: set --r1 or --r2, or drop --reg-every"
         )
-    if batchnorm_d and (loss.gradient_penalty or t.r1 or t.r2):
+    if batchnorm_fix and (loss.gradient_penalty or t.r1 or t.r2):
         named = " and ".join(n for n, gamma in (("R1", t.r1), ("R2", t.r2)) if gamma)
         what = "wgan-gp's gradient penalty" if loss.gradient_penalty else f"the {named} penalty"
         raise GankitError(
             f"{what} needs a critic without BatchNorm (it mixes the samples whose gradients "
-            f"are penalised): set --model.d-norm layer, instance or none"
+            f"are penalised): {batchnorm_fix}"
         )
     if t.label_smoothing and not loss.smoothing:
         raise GankitError(

@@ -10,6 +10,8 @@ A conditional model (its Config's `cond` is not "none") takes labels in
 `generate`; `is_conditional` says which. Optional hooks a family may define:
 
 check(model_cfg, train_cfg)             refuse options that do not apply to it
+batchnorm_d(model_cfg)                  how to rid D of BatchNorm when it has it, else None
+                                        (the penalties are refused with that hint)
 content_network(cfg, data, device, log) a frozen network its loss needs (SRGAN)
 initialize(cfg, nets, log)              start from another run's weights (SRGAN)
 fixed_inputs(cfg, data, n, device)      what the progress grids feed G, instead of noise

@@ -162,6 +162,12 @@ def check(cfg: Config, train_cfg) -> None:
         )
 
 
+def batchnorm_d(cfg: Config) -> str | None:
+    """How to rid D of BatchNorm, which the gradient penalties cannot work through; None
+    when it has none."""
+    return "set --model.d-norm layer, instance or none" if cfg.d_norm == "batch" else None
+
+
 def build(
     cfg: Config, img_shape: tuple[int, int, int], num_classes: int = 0
 ) -> dict[str, nn.Module]:

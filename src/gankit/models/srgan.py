@@ -88,18 +88,17 @@ class Config:
             raise ValueError(f"adv_weight must be > 0, got {self.adv_weight}")
 
 
+def batchnorm_d(cfg: Config) -> str | None:
+    """SRGAN's D always batch-normalises (the paper's): the penalties are refused."""
+    return "the srgan family's D always has it, so drop --r1 and --r2 and use a loss other than wgan-gp"
+
+
 def check(cfg: Config, train_cfg) -> None:
     loss = GAN_LOSSES[train_cfg.loss]
     if train_cfg.eval_every:
         raise GankitError("eval_every scores samples of noise; score SR runs with gankit eval RUN")
     if train_cfg.ema:
         raise GankitError("train.ema (or ema_kimg) is not supported by the srgan family")
-    if train_cfg.r1 or train_cfg.r2:  # its D batch-normalises: no per-image gradients
-        raise GankitError("srgan's D has BatchNorm: the R1/R2 penalties do not apply; drop them")
-    if loss.gradient_penalty:
-        raise GankitError(
-            "srgan's D has BatchNorm: wgan-gp's gradient penalty does not apply; choose another loss"
-        )
     if train_cfg.augment or train_cfg.instance_noise:  # its step shows D the patches as they are
         raise GankitError(
             "srgan's D sees the HR patches as they are: drop augment and instance_noise"
