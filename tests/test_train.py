@@ -77,6 +77,19 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_cfg, tmp_path):
     assert_same_weights(tmp_path / "full", tmp_path / "part")
 
 
+def test_how_often_grids_and_checkpoints_are_written_leaves_the_training_as_it_is(
+    tiny_cfg, tmp_path
+):
+    # the grids are drawn by G in eval mode from their own fixed noise: neither the training's
+    # random numbers nor G's BatchNorm statistics see them (r3gan-stacked-mnist writes both
+    # every 2,000 steps, and its seeds were trained with every 500)
+    for every in (2, 12):
+        cfg = tiny_cfg(steps=12, sample_every=every, ckpt_every=every, ema=0.9)
+        train(cfg, tmp_path / str(every), progress=False, log=quiet)
+    tensors = assert_same_weights(tmp_path / "2", tmp_path / "12")
+    assert any(k.startswith("G_ema") for k in tensors)
+
+
 def test_ctrl_c_saves_at_a_step_boundary_and_resumes_exactly(tiny_cfg, tmp_path, monkeypatch):
     train(tiny_cfg(steps=40, n_critic=2), tmp_path / "full", progress=False, log=quiet)
 
