@@ -238,14 +238,15 @@ def _family(d: dict) -> str:
 def check_combination(cfg: Config) -> None:
     """Refuse settings that are each valid but make no sense together."""
     t, m = cfg.train, cfg.model
-    family_check = getattr(MODELS[m.family], "check", None)  # a family's own refusals
+    family = MODELS[m.family]
+    family_check = getattr(family, "check", None)  # a family's own refusals
     if family_check:
         family_check(m, t)
-    if not is_adversarial(MODELS[m.family]):
+    if not is_adversarial(family):
         return
     loss = GAN_LOSSES[t.loss]
     # how this family's D sheds BatchNorm, if it has one (a family's hook; none: no BatchNorm)
-    batchnorm_fix = getattr(MODELS[m.family], "batchnorm_d", lambda m: None)(m)
+    batchnorm_fix = getattr(family, "batchnorm_d", lambda m: None)(m)
     if t.reg_every > 1 and not (t.r1 or t.r2):
         raise GankitError(
             f"train.reg_every {t.reg_every} spaces out the R1 and R2 penalties, and neither is "
